@@ -1,0 +1,79 @@
+"""Penultimate features of any image classifier, read from its classifier's input: no second forward."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+__all__ = ["FeatureTap", "find_classifier", "feature_dim"]
+
+_CLASSIFIER_NAMES = ("classifier", "fc", "head", "heads")
+
+
+def find_classifier(model: nn.Module, module_name: str | None = None) -> tuple[str, nn.Module]:
+    """The module whose input is the penultimate feature vector: `module_name`, else the usual classifier names."""
+    if module_name:
+        try:
+            return module_name, model.get_submodule(module_name)
+        except AttributeError:
+            raise ValueError(
+                f"{type(model).__name__} has no submodule {module_name!r}; pass the dotted name of its classifier "
+                f"(e.g. one of: {', '.join(n for n, _ in model.named_children())})."
+            ) from None
+    for name in _CLASSIFIER_NAMES:
+        module = getattr(model, name, None)
+        if isinstance(module, nn.Module) and not isinstance(module, nn.Identity):
+            return name, module
+    raise ValueError(
+        f"cannot find the classifier of {type(model).__name__} (looked for {', '.join(_CLASSIFIER_NAMES)}). "
+        "Set student_feature_module / teacher_feature_module to the dotted name of the module that maps the "
+        "penultimate features to logits."
+    )
+
+
+def feature_dim(model: nn.Module, module_name: str | None = None) -> int:
+    """Size of the penultimate vector: `config.feature_dim` or the `in_features` of the classifier's first Linear."""
+    name, classifier = find_classifier(model, module_name)
+    config_dim = getattr(getattr(model, "config", None), "feature_dim", None)
+    if module_name is None and isinstance(config_dim, int):
+        return config_dim
+    for module in [classifier, *classifier.modules()]:
+        if isinstance(module, nn.Linear):
+            return module.in_features
+    raise ValueError(
+        f"cannot infer the feature size of {type(model).__name__}: its classifier {name!r} contains no nn.Linear. "
+        "Name a module whose input is a flat feature vector with student_feature_module / teacher_feature_module."
+    )
+
+
+class FeatureTap:
+    """Keeps the (flattened) input of `model.<classifier>` from the latest forward pass.
+
+    Registered once as a forward pre-hook, before the model is wrapped by DDP or compiled, so it fires inside
+    every wrapper. `pop()` hands the features over and forgets them, so a stale batch can never be used twice.
+    """
+
+    def __init__(self, model: nn.Module, module_name: str | None = None):
+        self.module_name, module = find_classifier(model, module_name)
+        self.dim = feature_dim(model, module_name)
+        self._features: torch.Tensor | None = None
+        self._handle = module.register_forward_pre_hook(self._hook)
+
+    def _hook(self, module: nn.Module, args: tuple) -> None:
+        self._features = args[0].flatten(1)
+
+    def pop(self) -> torch.Tensor:
+        if self._features is None:
+            raise RuntimeError(
+                f"no features were captured at {self.module_name!r} during the forward pass: the model computes its "
+                "logits without calling that module. Set student_feature_module / teacher_feature_module."
+            )
+        features, self._features = self._features, None
+        return features
+
+    def clear(self) -> None:
+        self._features = None
+
+    def remove(self) -> None:
+        self._handle.remove()
+        self._features = None

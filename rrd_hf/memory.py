@@ -1,0 +1,165 @@
+"""Memories of teacher embeddings that RRD compares every sample against.
+
+Both memories are updated *out of place* (the buffer is replaced by a new tensor), so a loss that still holds the
+previous memory in its autograd graph is never invalidated by an update, whichever order enqueue and loss run in.
+Both are deterministic functions of a seed and of the keys they receive: under data parallelism every process
+feeds them the keys gathered from all processes, so every process holds the identical memory.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ["FifoMemory", "MomentumMemory", "build_memory"]
+
+
+def _random_unit_rows(rows: int, dim: int, seed: int) -> torch.Tensor:
+    # Rows (not columns, as in the reference code) have unit norm from the start, so the first steps already
+    # compare against valid points on the sphere. The seed, not the global RNG, decides them: identical on every
+    # process whatever else consumed random numbers before.
+    generator = torch.Generator().manual_seed(seed)
+    return F.normalize(torch.randn(rows, dim, generator=generator), dim=1)
+
+
+class FifoMemory(nn.Module):
+    """Ring buffer of the `size` most recent teacher embeddings (the memory behind the published RRD numbers).
+
+    Accepts any number of rows per update: a short last batch, `size` not divisible by the batch, and more rows
+    than `size` (only the newest `size` are kept).
+    """
+
+    def __init__(self, size: int, dim: int, seed: int = 0):
+        super().__init__()
+        if size < 1 or dim < 1:
+            raise ValueError(f"memory size and dim must be >= 1, got size={size}, dim={dim}.")
+        self.register_buffer("keys", _random_unit_rows(size, dim, seed))
+        self.register_buffer("pointer", torch.zeros((), dtype=torch.long))
+        self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
+        self.register_buffer("num_written", torch.zeros((), dtype=torch.long))
+
+    @property
+    def size(self) -> int:
+        return self.keys.shape[0]
+
+    @property
+    def num_filled(self) -> int:
+        """How many slots hold real teacher embeddings (the rest still hold the random initial rows)."""
+        return int(min(int(self.num_written), self.size))
+
+    def anchors(self) -> torch.Tensor:
+        return self.keys
+
+    @torch.no_grad()
+    def update(self, keys: torch.Tensor, indices: torch.Tensor | None = None) -> None:
+        """Write `keys` (N, D) at the pointer, wrapping around; `indices` is accepted and ignored."""
+        keys = keys.detach().to(device=self.keys.device, dtype=self.keys.dtype)
+        n = keys.shape[0]
+        if n == 0:
+            return
+        if keys.shape[1] != self.keys.shape[1]:
+            raise ValueError(f"keys have dim {keys.shape[1]}, the memory holds dim {self.keys.shape[1]}.")
+        # With more rows than slots, writing them one after the other would leave exactly the newest `size`.
+        skipped = max(n - self.size, 0)
+        keys = keys[skipped:]
+        positions = (self.pointer + skipped + torch.arange(keys.shape[0], device=keys.device)) % self.size
+        self.keys = self.keys.index_copy(0, positions, keys)
+        self.pointer = (self.pointer + n) % self.size
+        self.num_updates = self.num_updates + 1
+        self.num_written = self.num_written + n
+
+
+class MomentumMemory(nn.Module):
+    """One slot per training sample, each a momentum average of that sample's teacher embeddings.
+
+    `update` sets slot i to normalize(momentum · slot_i + (1 − momentum) · key_i), which needs each sample's
+    dataset index. The loss compares against `num_anchors` slots drawn uniformly without replacement at every
+    step (all slots when `num_anchors` is None or at least the number of samples). The draw depends only on the
+    seed and the update counter, so it is identical on every process and after a resume.
+
+    Deliberate differences from the reference code's momentum variant (its quirks, not part of the method):
+    similarities are plain cosine similarities of L2-normalised embeddings (the reference applies a second softmax
+    to scores that are already exp(sim/0.07)/Z, with Z frozen after the first batch); and both the student and the
+    teacher distributions are taken against this one bank of *teacher* embeddings (the reference crosses them:
+    student against the teacher bank, teacher against a bank of student embeddings).
+    """
+
+    def __init__(self, num_samples: int, dim: int, momentum: float = 0.5, num_anchors: int | None = 16384, seed: int = 0):
+        super().__init__()
+        if num_samples < 1 or dim < 1:
+            raise ValueError(f"num_samples and dim must be >= 1, got num_samples={num_samples}, dim={dim}.")
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"momentum must be in [0, 1), got {momentum}.")
+        self.momentum = float(momentum)
+        self.num_anchors = num_anchors
+        self.seed = int(seed)
+        self.register_buffer("keys", _random_unit_rows(num_samples, dim, seed))
+        self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
+        self.register_buffer("written", torch.zeros(num_samples, dtype=torch.bool))
+
+    @property
+    def size(self) -> int:
+        return self.keys.shape[0]
+
+    @property
+    def num_filled(self) -> int:
+        return int(self.written.sum())
+
+    def anchor_indices(self) -> torch.Tensor | None:
+        if self.num_anchors is None or self.num_anchors >= self.size:
+            return None
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + int(self.num_updates))
+        return torch.randperm(self.size, generator=generator)[: self.num_anchors].to(self.keys.device)
+
+    def anchors(self) -> torch.Tensor:
+        indices = self.anchor_indices()
+        return self.keys if indices is None else self.keys.index_select(0, indices)
+
+    @torch.no_grad()
+    def update(self, keys: torch.Tensor, indices: torch.Tensor | None = None) -> None:
+        if indices is None:
+            raise ValueError(
+                "the momentum memory needs the dataset index of every sample: give the batches an `index` column "
+                "(rrd_hf.data transforms add it with with_index=True), or use memory_type='fifo'."
+            )
+        keys = keys.detach().to(device=self.keys.device, dtype=self.keys.dtype)
+        indices = indices.detach().to(device=self.keys.device, dtype=torch.long).reshape(-1)
+        if indices.numel() != keys.shape[0]:
+            raise ValueError(f"got {keys.shape[0]} keys but {indices.numel()} indices.")
+        if indices.numel() == 0:
+            return
+        if int(indices.min()) < 0 or int(indices.max()) >= self.size:
+            raise ValueError(
+                f"sample index out of range [0, {self.size}): min {int(indices.min())}, max {int(indices.max())}. "
+                "The momentum memory must be sized with the number of training samples."
+            )
+        # A padded last batch under data parallelism repeats samples: keep each sample's first occurrence so the
+        # result does not depend on the order in which duplicate writes land.
+        unique, inverse = torch.unique(indices, return_inverse=True)
+        positions = torch.arange(indices.numel(), device=indices.device)
+        first = torch.full_like(unique, indices.numel()).scatter_reduce(0, inverse, positions, reduce="amin")
+        indices, keys = indices[first], keys[first]
+        blended = F.normalize(self.momentum * self.keys.index_select(0, indices) + (1 - self.momentum) * keys, dim=1)
+        self.keys = self.keys.index_copy(0, indices, blended)
+        self.written = self.written.index_fill(0, indices, True)
+        self.num_updates = self.num_updates + 1
+
+
+def build_memory(
+    memory_type: str,
+    dim: int,
+    size: int,
+    *,
+    num_samples: int | None = None,
+    momentum: float = 0.5,
+    seed: int = 0,
+) -> FifoMemory | MomentumMemory:
+    """Build a memory by name: `fifo` (a ring of `size` keys) or `momentum` (one slot per sample, `size` anchors)."""
+    if memory_type == "fifo":
+        return FifoMemory(size, dim, seed=seed)
+    if memory_type == "momentum":
+        if num_samples is None:
+            raise ValueError("memory_type='momentum' needs num_samples (the length of the training dataset).")
+        return MomentumMemory(num_samples, dim, momentum=momentum, num_anchors=size, seed=seed)
+    raise ValueError(f"unknown memory_type {memory_type!r}: use 'fifo' or 'momentum'.")

@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch.nn.parallel import DistributedDataParallel
-from transformers import AutoModelForImageClassification, PreTrainedModel, Trainer
+from transformers import AutoModelForImageClassification, PreTrainedModel, Trainer, TrainerCallback
 
 from .config import RRDConfig
 from .features import FeatureTap
@@ -69,6 +69,17 @@ def check_same_labels(student: PreTrainedModel, teacher: PreTrainedModel) -> Non
             f"teacher and student label names differ ({examples}): their id2label must list the same classes in "
             "the same order, or the teacher's predictions would be attributed to the wrong classes."
         )
+
+
+class _ZeroRRDGradients(TrainerCallback):
+    """Trainer zeroes only the student's gradients (`model.zero_grad()`): clear the head's at every step's start,
+    or they would accumulate across optimizer steps."""
+
+    def __init__(self, rrd: nn.Module):
+        self.rrd = rrd
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.rrd.zero_grad(set_to_none=True)
 
 
 class RRDTrainer(Trainer):
@@ -158,6 +169,7 @@ class RRDTrainer(Trainer):
             self._student_tap = FeatureTap(self.model, self.args.student_feature_module)
             self._teacher_tap = FeatureTap(self.teacher, self.args.teacher_feature_module)
             self.rrd = self._build_rrd(train_dataset).to(self.args.device)
+            self.add_callback(_ZeroRRDGradients(self.rrd))
 
     # ----------------------------------------------------------------------------------------------- construction
 

@@ -1,0 +1,136 @@
+"""Teacher memories: wrap-around, norms, enqueue orders, autograd safety, state round trips."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from rrd_hf import FifoMemory, MomentumMemory, RRDLoss, rrd_loss
+
+
+def unit(n, d, seed):
+    return F.normalize(torch.randn(n, d, generator=torch.Generator().manual_seed(seed)), dim=1)
+
+
+def test_initial_rows_are_unit_norm_and_seeded():
+    memory = FifoMemory(100, 16, seed=3)
+    torch.testing.assert_close(memory.keys.norm(dim=1), torch.ones(100))
+    torch.testing.assert_close(FifoMemory(100, 16, seed=3).keys, memory.keys)
+    assert not torch.equal(FifoMemory(100, 16, seed=4).keys, memory.keys)
+    assert memory.num_filled == 0
+
+
+@pytest.mark.parametrize("batch_sizes", [[3, 4, 5, 7, 2, 11, 1], [10, 10, 10], [1] * 23, [25, 3]])
+def test_fifo_wraps_around_like_writing_row_by_row(batch_sizes):
+    size, dim = 10, 4
+    memory = FifoMemory(size, dim)
+    reference, pointer = memory.keys.clone(), 0
+    for step, n in enumerate(batch_sizes):
+        keys = unit(n, dim, seed=step)
+        memory.update(keys)
+        for row in keys:  # the naive ring: one row at a time
+            reference[pointer] = row
+            pointer = (pointer + 1) % size
+        torch.testing.assert_close(memory.keys, reference)
+        assert int(memory.pointer) == pointer
+    assert memory.num_filled == min(sum(batch_sizes), size)
+    torch.testing.assert_close(memory.keys.norm(dim=1), torch.ones(size))
+
+
+def test_update_is_out_of_place_so_autograd_survives():
+    memory = FifoMemory(8, 4)
+    student = unit(3, 4, 1).requires_grad_()
+    loss = rrd_loss(student, unit(3, 4, 2), memory.anchors(), 0.1, 0.1)
+    before = memory.keys
+    memory.update(unit(3, 4, 3))  # would raise "modified by an inplace operation" if written in place
+    loss.backward()
+    assert student.grad is not None
+    assert memory.keys is not before
+
+
+def test_state_dict_round_trip_continues_identically():
+    a = FifoMemory(12, 4, seed=1)
+    for step in range(3):
+        a.update(unit(5, 4, step))
+    b = FifoMemory(12, 4, seed=99)
+    b.load_state_dict(a.state_dict())
+    for step in range(3, 6):
+        a.update(unit(5, 4, step))
+        b.update(unit(5, 4, step))
+    torch.testing.assert_close(a.keys, b.keys)
+    assert int(a.pointer) == int(b.pointer) and a.num_filled == b.num_filled
+
+
+@pytest.mark.parametrize("enqueue", ["after", "before"])
+def test_enqueue_orders(enqueue):
+    torch.manual_seed(0)
+    module = RRDLoss(6, 5, embedding_dim=4, memory_size=16, enqueue=enqueue, student_temperature=0.1,
+                     teacher_temperature=0.05)
+    s_feat, t_feat = torch.randn(3, 6), torch.randn(3, 5)
+    z_s, z_t = module.embed(s_feat, t_feat)
+    before = module.memory.keys.clone()
+    after = before.clone()
+    after[:3] = z_t
+    loss = module(s_feat, t_feat)
+    expected_memory = after if enqueue == "before" else before
+    torch.testing.assert_close(loss, rrd_loss(z_s, z_t, expected_memory, 0.1, 0.05))
+    torch.testing.assert_close(module.memory.keys, after)  # enqueued either way
+    if enqueue == "before":  # each sample's own teacher key is an anchor
+        own = (z_t @ module.memory.keys.t()).max(dim=1).values
+        torch.testing.assert_close(own, torch.ones(3))
+
+
+def test_teacher_head_is_frozen_and_eval_does_not_touch_memory():
+    module = RRDLoss(6, 5, embedding_dim=4, memory_size=16)
+    assert not any(p.requires_grad for p in module.teacher_head.parameters())
+    assert all(p.requires_grad for p in module.student_head.parameters())
+    module(torch.randn(3, 6), torch.randn(3, 5)).backward()
+    assert module.teacher_head.weight.grad is None
+    assert module.student_head.weight.grad.abs().sum() > 0
+    module.eval()
+    keys = module.memory.keys.clone()
+    module(torch.randn(3, 6), torch.randn(3, 5))
+    torch.testing.assert_close(module.memory.keys, keys)
+
+
+def test_momentum_memory_update_rule_and_duplicates():
+    memory = MomentumMemory(10, 4, momentum=0.5, num_anchors=None, seed=0)
+    old = memory.keys.clone()
+    keys = unit(4, 4, 1)
+    indices = torch.tensor([7, 2, 7, 5])  # sample 7 twice (a padded last batch): its first key wins
+    memory.update(keys, indices)
+    expected = old.clone()
+    for row, i in ((0, 7), (1, 2), (3, 5)):
+        expected[i] = F.normalize(0.5 * old[i] + 0.5 * keys[row], dim=0)
+    torch.testing.assert_close(memory.keys, expected)
+    assert memory.num_filled == 3
+    torch.testing.assert_close(memory.keys.norm(dim=1), torch.ones(10))
+
+
+def test_momentum_memory_anchor_draws_are_seeded_and_change_per_step():
+    a, b = MomentumMemory(50, 4, num_anchors=8, seed=5), MomentumMemory(50, 4, num_anchors=8, seed=5)
+    torch.testing.assert_close(a.anchors(), b.anchors())
+    first = a.anchor_indices()
+    assert len(set(first.tolist())) == 8
+    a.update(unit(2, 4, 0), torch.tensor([0, 1]))
+    assert not torch.equal(first, a.anchor_indices())
+    c = MomentumMemory(50, 4, num_anchors=8, seed=0)
+    c.load_state_dict(a.state_dict())
+    torch.testing.assert_close(c.keys, a.keys)
+    assert int(c.num_updates) == int(a.num_updates)
+
+
+def test_momentum_memory_errors_are_actionable():
+    memory = MomentumMemory(10, 4)
+    with pytest.raises(ValueError, match="index"):
+        memory.update(unit(2, 4, 0))
+    with pytest.raises(ValueError, match="out of range"):
+        memory.update(unit(2, 4, 0), torch.tensor([3, 10]))
+    with pytest.raises(ValueError, match="momentum"):
+        MomentumMemory(10, 4, momentum=1.0)
+
+
+def test_rrd_loss_module_with_momentum_memory_trains():
+    module = RRDLoss(6, 5, embedding_dim=4, memory_size=8, memory_type="momentum", num_samples=20)
+    loss = module(torch.randn(3, 6), torch.randn(3, 5), torch.tensor([0, 4, 19]))
+    loss.backward()
+    assert torch.isfinite(loss) and module.memory.num_filled == 3

@@ -1,0 +1,322 @@
+"""RRDTrainer end to end on tiny generated data (CPU, offline)."""
+
+import os
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoConfig, AutoModelForImageClassification, TrainerCallback
+
+from helpers import TinyConvConfig, TinyConvForImageClassification, TinyImageDataset, tiny_model
+from rrd_hf import RRD_STATE_NAME, RRDConfig, RRDTrainer
+
+AutoConfig.register(TinyConvConfig.model_type, TinyConvConfig, exist_ok=True)
+AutoModelForImageClassification.register(TinyConvConfig, TinyConvForImageClassification, exist_ok=True)
+
+
+def make_args(tmp_path, **overrides):
+    values = dict(
+        output_dir=str(tmp_path / "out"), max_steps=6, per_device_train_batch_size=8, per_device_eval_batch_size=8,
+        memory_size=32, logging_steps=2, use_cpu=True, report_to="none", disable_tqdm=True, save_strategy="no",
+        learning_rate=0.05, optim="sgd", dataloader_num_workers=0, seed=0,
+    )
+    values.update(overrides)
+    return RRDConfig(**values)
+
+
+def make_trainer(tmp_path, student=None, teacher=None, train_n=64, with_index=True, **overrides):
+    student = student if student is not None else tiny_model(seed=1)
+    teacher = teacher if teacher is not None else tiny_model(width=16, seed=2)
+    return RRDTrainer(
+        model=student, teacher_model=teacher, args=make_args(tmp_path, **overrides),
+        train_dataset=TinyImageDataset(train_n, with_index=with_index), eval_dataset=TinyImageDataset(16, seed=1),
+    )
+
+
+def clone_state(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def test_end_to_end_teacher_frozen_student_and_head_trained_memory_filled(tmp_path):
+    trainer = make_trainer(tmp_path, kd_weight=1.0)
+    teacher_before = clone_state(trainer.teacher)
+    student_before = clone_state(trainer.model)
+    head_before = clone_state(trainer.rrd.student_head)
+    teacher_head_before = clone_state(trainer.rrd.teacher_head)
+    trainer.train()
+
+    for name, value in trainer.teacher.state_dict().items():  # weights and BN running statistics
+        torch.testing.assert_close(value, teacher_before[name], msg=f"teacher {name} changed")
+    assert not trainer.teacher.training
+    for name, value in trainer.rrd.teacher_head.state_dict().items():
+        torch.testing.assert_close(value, teacher_head_before[name])
+    assert any(not torch.equal(v, student_before[k]) for k, v in trainer.model.state_dict().items())
+    assert not torch.equal(trainer.rrd.student_head.weight, head_before["weight"])
+
+    # 6 steps x 8 samples = 48 teacher embeddings written into a memory of 32: full, and made of teacher keys.
+    memory = trainer.rrd.memory
+    assert memory.num_filled == 32 and int(memory.num_updates) == 6
+    dataset = TinyImageDataset(64)
+    with torch.no_grad():
+        trainer.teacher(pixel_values=dataset.images)
+        _, z_t = trainer.rrd.embed(torch.zeros(64, trainer.rrd.student_head.in_features), trainer._teacher_tap.pop())
+    similarity = memory.keys @ z_t.t()
+    assert torch.allclose(similarity.max(dim=1).values, torch.ones(32), atol=1e-5)
+
+    train_logs = [log for log in trainer.state.log_history if "loss" in log]
+    assert len(train_logs) == 3
+    for log in train_logs:
+        assert {"loss_ce", "loss_kd", "loss_rrd"} <= set(log)
+        total = log["loss_ce"] + log["loss_kd"] + log["loss_rrd"]
+        assert log["loss"] == pytest.approx(total, rel=1e-4)
+
+
+def test_evaluation_is_student_only_and_leaves_memory_alone(tmp_path):
+    trainer = make_trainer(tmp_path, max_steps=2)
+    trainer.train()
+    keys, updates = trainer.rrd.memory.keys.clone(), int(trainer.rrd.memory.num_updates)
+    calls = []
+    handle = trainer.teacher.register_forward_hook(lambda *a: calls.append(1))
+    metrics = trainer.evaluate()
+    handle.remove()
+    assert calls == []
+    torch.testing.assert_close(trainer.rrd.memory.keys, keys)
+    assert int(trainer.rrd.memory.num_updates) == updates
+    assert {"eval_loss", "eval_accuracy", "eval_top5_accuracy"} <= set(metrics)
+    # eval_loss is the student's plain cross-entropy
+    data = TinyImageDataset(16, seed=1)
+    with torch.no_grad():
+        logits = trainer.model(pixel_values=data.images).logits
+    expected = torch.nn.functional.cross_entropy(logits, data.labels).item()
+    assert metrics["eval_loss"] == pytest.approx(expected, rel=1e-4)
+    assert metrics["eval_accuracy"] == pytest.approx((logits.argmax(1) == data.labels).float().mean().item())
+
+
+def test_teacher_stays_in_eval_mode_even_if_switched(tmp_path):
+    trainer = make_trainer(tmp_path, max_steps=2)
+    stats = trainer.teacher.bn1.running_mean.clone()
+    trainer.teacher.train()
+    trainer.train()
+    assert not trainer.teacher.training
+    torch.testing.assert_close(trainer.teacher.bn1.running_mean, stats)
+
+
+def test_save_model_writes_a_clean_student(tmp_path):
+    trainer = make_trainer(tmp_path, max_steps=2)
+    trainer.train()
+    out = tmp_path / "student"
+    trainer.save_model(str(out))
+    files = set(os.listdir(out))
+    assert {"config.json", "model.safetensors"} <= files and RRD_STATE_NAME not in files
+    saved = load_file(out / "model.safetensors")
+    assert set(saved) == set(trainer.model.state_dict())
+    reloaded = AutoModelForImageClassification.from_pretrained(out)
+    data = TinyImageDataset(4)
+    trainer.model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(pixel_values=data.images).logits, trainer.model(pixel_values=data.images).logits)
+
+
+class StopAt(TrainerCallback):
+    """Interrupts training after `step` (the checkpoint of that step is written first)."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            control.should_training_stop = True
+
+
+def run_to_step(tmp_path, name, stop_at=None, resume=None, **overrides):
+    trainer = make_trainer(
+        tmp_path, max_steps=9, save_strategy="steps", save_steps=4, output_dir=str(tmp_path / name),
+        dataloader_drop_last=False, train_n=40, kd_weight=1.0, **overrides,
+    )
+    if stop_at is not None:
+        trainer.add_callback(StopAt(stop_at))
+    trainer.train(resume_from_checkpoint=resume)
+    return trainer
+
+
+@pytest.mark.parametrize("memory_type", ["fifo", "momentum"])
+def test_resume_reproduces_an_uninterrupted_run(tmp_path, memory_type):
+    # 40 samples / batch 8 = 5 steps per epoch: the checkpoint at step 4 sits inside an epoch.
+    full = run_to_step(tmp_path, "full", memory_type=memory_type)
+    interrupted = run_to_step(tmp_path, "part", stop_at=4, memory_type=memory_type)
+    assert interrupted.state.global_step == 4
+    checkpoint = tmp_path / "part" / "checkpoint-4"
+    assert (checkpoint / RRD_STATE_NAME).is_file()
+    resumed = run_to_step(tmp_path, "part", resume=str(checkpoint), memory_type=memory_type)
+    assert resumed.state.global_step == 9
+    for name, value in full.model.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[name], value, msg=f"student {name}")
+    for name, value in full.rrd.state_dict().items():
+        torch.testing.assert_close(resumed.rrd.state_dict()[name], value, msg=f"rrd {name}")
+
+
+def test_resume_from_a_checkpoint_without_rrd_state_fails_clearly(tmp_path):
+    run_to_step(tmp_path, "part", stop_at=4)
+    checkpoint = tmp_path / "part" / "checkpoint-4"
+    os.remove(checkpoint / RRD_STATE_NAME)
+    with pytest.raises(FileNotFoundError, match="cannot be restored"):
+        run_to_step(tmp_path, "part", resume=str(checkpoint))
+
+
+def test_bf16_autocast_on_cpu_keeps_losses_float32(tmp_path):
+    trainer = make_trainer(tmp_path, bf16=True, max_steps=2, kd_weight=1.0)
+    seen = {}
+    original = trainer.compute_loss
+    trainer.model.conv2.register_forward_hook(lambda m, i, out: seen.__setitem__("student_conv", out.dtype))
+    trainer.teacher.conv2.register_forward_hook(lambda m, i, out: seen.__setitem__("teacher_conv", out.dtype))
+
+    def probe(model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, outputs = original(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        seen["loss"] = loss.dtype
+        seen["terms"] = {k: v[-1].dtype for k, v in trainer._loss_terms.items()}
+        return (loss, outputs) if return_outputs else loss
+
+    trainer.compute_loss = probe
+    trainer.train()
+    assert seen["student_conv"] == torch.bfloat16 and seen["teacher_conv"] == torch.bfloat16  # both autocast
+    assert seen["loss"] == torch.float32
+    assert all(dtype == torch.float32 for dtype in seen["terms"].values())
+    assert all(torch.isfinite(torch.tensor(log["loss"])) for log in trainer.state.log_history if "loss" in log)
+
+
+def test_gradient_accumulation_matches_the_full_batch(tmp_path):
+    # CE + KD (no memory, whose content depends on how a step is split) on a model without BatchNorm.
+    def one_step(batch, accumulation):
+        trainer = RRDTrainer(
+            model=tiny_model(seed=1, use_bn=False), teacher_model=tiny_model(width=16, seed=2),
+            args=make_args(tmp_path, max_steps=1, per_device_train_batch_size=batch,
+                           gradient_accumulation_steps=accumulation, rrd_weight=0.0, kd_weight=1.0, logging_steps=1,
+                           train_sampling_strategy="sequential", learning_rate=0.5),
+            train_dataset=TinyImageDataset(16),
+        )
+        trainer.train()
+        return trainer.model.state_dict(), trainer.state.log_history[0]["loss"]
+
+    full, full_loss = one_step(8, 1)
+    accumulated, accumulated_loss = one_step(4, 2)
+    assert accumulated_loss == pytest.approx(full_loss, rel=1e-5)
+    for name, value in full.items():
+        torch.testing.assert_close(accumulated[name], value, rtol=1e-5, atol=1e-6)
+
+
+def test_clipping_covers_the_student_head(tmp_path):
+    trainer = make_trainer(tmp_path, max_steps=1, max_grad_norm=1e-3, learning_rate=1.0)
+    student_before, head_before = clone_state(trainer.model), clone_state(trainer.rrd.student_head)
+    trainer.train()
+    squared = sum(((trainer.model.state_dict()[k] - v) ** 2).sum() for k, v in student_before.items()
+                  if v.dtype.is_floating_point and "running" not in k)
+    squared += sum(((trainer.rrd.student_head.state_dict()[k] - v) ** 2).sum() for k, v in head_before.items())
+    assert squared.sqrt().item() <= 1e-3 * 1.001
+
+
+def test_optimizer_holds_student_head_not_teacher_head_and_decays_all_when_asked(tmp_path):
+    trainer = make_trainer(tmp_path, optim_args="momentum=0.9", weight_decay=5e-4, decay_all_parameters=True)
+    trainer.create_optimizer()
+    params = {id(p): group["weight_decay"] for group in trainer.optimizer.param_groups for p in group["params"]}
+    assert all(id(p) in params for p in trainer.rrd.student_head.parameters())
+    assert not any(id(p) in params for p in trainer.rrd.teacher_head.parameters())
+    assert not any(id(p) in params for p in trainer.teacher.parameters())
+    assert params[id(trainer.model.bn1.weight)] == 5e-4 and params[id(trainer.rrd.student_head.bias)] == 5e-4
+    assert trainer.optimizer.param_groups[0]["momentum"] == 0.9
+
+    default = make_trainer(tmp_path, weight_decay=5e-4)
+    default.create_optimizer()
+    params = {id(p): group["weight_decay"] for group in default.optimizer.param_groups for p in group["params"]}
+    assert params[id(default.rrd.student_head.bias)] == 0.0
+
+
+def test_step_decay_by_epochs(tmp_path):
+    # 64 samples / batch 8 = 8 steps per epoch; decay x0.1 at epochs 1 and 2.
+    trainer = make_trainer(tmp_path, max_steps=-1, num_train_epochs=3, lr_decay_epochs=[1, 2], learning_rate=0.1,
+                           logging_steps=1)
+    trainer.train()
+    lrs = {log["step"]: log["learning_rate"] for log in trainer.state.log_history if "learning_rate" in log}
+    # The logged LR is the one each step used: epoch 0 = steps 1-8, epoch 1 = steps 9-16, epoch 2 = steps 17-24.
+    assert [lrs[s] for s in (1, 8, 9, 16, 17, 24)] == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+
+
+def test_different_label_sets_fail_before_training(tmp_path):
+    with pytest.raises(ValueError, match="same label set"):
+        make_trainer(tmp_path, teacher=tiny_model(num_labels=5, seed=2))
+    student, teacher = tiny_model(seed=1), tiny_model(seed=2)
+    student.config.id2label = {i: n for i, n in enumerate(["cat", "dog", "car", "cow"])}
+    teacher.config.id2label = {i: n for i, n in enumerate(["dog", "cat", "car", "cow"])}
+    with pytest.raises(ValueError, match="label names differ"):
+        make_trainer(tmp_path, student=student, teacher=teacher)
+
+
+def test_teacher_from_a_local_path_and_an_unreachable_hub_id(tmp_path):
+    teacher = tiny_model(width=16, seed=2)
+    teacher.save_pretrained(tmp_path / "teacher")
+    trainer = RRDTrainer(model=tiny_model(seed=1), args=make_args(tmp_path, max_steps=1,
+                         teacher_model_name_or_path=str(tmp_path / "teacher")), train_dataset=TinyImageDataset(16))
+    torch.testing.assert_close(trainer.teacher.conv1.weight, teacher.conv1.weight)
+    trainer.train()
+    with pytest.raises(OSError, match="could not load the teacher"):
+        RRDTrainer(model=tiny_model(), teacher_model="nobody/no-such-teacher", args=make_args(tmp_path))
+
+
+def test_missing_teacher_and_student_alone(tmp_path):
+    with pytest.raises(ValueError, match="need a teacher"):
+        RRDTrainer(model=tiny_model(), args=make_args(tmp_path))
+    alone = RRDTrainer(model=tiny_model(), args=make_args(tmp_path, rrd_weight=0.0, max_steps=2),
+                       train_dataset=TinyImageDataset(16))
+    assert alone.teacher is None and alone.rrd is None
+    alone.train()
+    assert all("loss_rrd" not in log for log in alone.state.log_history)
+
+
+def test_momentum_memory_needs_the_index_column(tmp_path):
+    trainer = make_trainer(tmp_path, memory_type="momentum", max_steps=2, with_index=False)
+    with pytest.raises(ValueError, match="index"):
+        trainer.train()
+    trainer = RRDTrainer(model=tiny_model(seed=1), teacher_model=tiny_model(width=16, seed=2),
+                         args=make_args(tmp_path, memory_type="momentum", max_steps=2),
+                         train_dataset=TinyImageDataset(64, with_index=True))
+    trainer.train()
+    assert trainer.rrd.memory.num_filled == 16 and trainer.rrd.memory.size == 64
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (dict(student_temperature=0.0), "student_temperature must be > 0"),
+        (dict(teacher_temperature=-1.0), "teacher_temperature must be > 0"),
+        (dict(kd_temperature=0.0), "kd_temperature must be > 0"),
+        (dict(memory_size=4), "smaller than the global batch"),
+        (dict(kd_weight=-1.0), "kd_weight must be >= 0"),
+        (dict(ce_weight=0.0, rrd_weight=0.0), "all 0"),
+        (dict(rrd_preset="nope"), "unknown rrd_preset"),
+        (dict(enqueue="sideways"), "enqueue must be one of"),
+        (dict(memory_type="lifo"), "memory_type must be one of"),
+        (dict(lr_decay_epochs=[180, 150]), "increasing"),
+        (dict(learning_rate="fast"), "must be a number"),
+    ],
+)
+def test_invalid_config_fails_at_construction(tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        make_args(tmp_path, **overrides)
+
+
+def test_presets_and_string_floats(tmp_path):
+    published = make_args(tmp_path)
+    assert (published.student_temperature, published.teacher_temperature, published.enqueue) == (0.04, 0.10, "after")
+    code = make_args(tmp_path, rrd_preset="code-2025")
+    assert (code.student_temperature, code.teacher_temperature, code.enqueue) == (0.10, 0.02, "before")
+    mixed = RRDConfig.from_preset("code-2025", output_dir=str(tmp_path), student_temperature=0.2)
+    assert (mixed.student_temperature, mixed.teacher_temperature) == (0.2, 0.02)
+    yaml_like = make_args(tmp_path, weight_decay="5e-4", learning_rate="0.05")
+    assert yaml_like.weight_decay == 5e-4 and yaml_like.learning_rate == 0.05
+    assert make_args(tmp_path).remove_unused_columns is False
+
+
+def test_trainer_rejects_plain_training_arguments(tmp_path):
+    from transformers import TrainingArguments
+
+    with pytest.raises(TypeError, match="RRDConfig"):
+        RRDTrainer(model=tiny_model(), teacher_model=tiny_model(), args=TrainingArguments(output_dir=str(tmp_path)))

@@ -1,0 +1,40 @@
+"""Trains a tiny student with RRD+KD and writes each process's final state; run alone or under torchrun."""
+
+import json
+import os
+import sys
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+import torch  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
+
+from helpers import TinyImageDataset, tiny_model  # noqa: E402
+from rrd_hf import RRDConfig, RRDTrainer  # noqa: E402
+
+
+def main(out_dir: str, per_device_batch: int, memory_type: str) -> None:
+    args = RRDConfig(
+        output_dir=os.path.join(out_dir, "run"), max_steps=6, per_device_train_batch_size=per_device_batch,
+        memory_size=24, kd_weight=1.0, memory_type=memory_type, learning_rate=0.1, optim="sgd", logging_steps=2,
+        use_cpu=True, report_to="none", disable_tqdm=True, save_strategy="no", seed=0, dataloader_drop_last=True,
+    )
+    # No BatchNorm: per-process batch statistics would make 2x4 differ from 1x8 for reasons unrelated to RRD.
+    trainer = RRDTrainer(
+        model=tiny_model(seed=1, use_bn=False), teacher_model=tiny_model(width=16, seed=2, use_bn=False), args=args,
+        train_dataset=TinyImageDataset(48, with_index=True),
+    )
+    trainer.train()
+    rank = trainer.args.process_index
+    state = {f"student.{k}": v for k, v in trainer.model.state_dict().items()}
+    state |= {f"rrd.{k}": v for k, v in trainer.rrd.state_dict().items()}
+    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, os.path.join(out_dir, f"rank{rank}.safetensors"))
+    logs = [log for log in trainer.state.log_history if "loss" in log]
+    with open(os.path.join(out_dir, f"logs{rank}.json"), "w") as handle:
+        json.dump({"world_size": trainer.args.world_size, "logs": logs}, handle)
+    trainer.end() if hasattr(trainer, "end") else None
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[2]), sys.argv[3])

@@ -1,0 +1,101 @@
+"""Time one training step of CE, KD, RRD and RRD+KD through RRDTrainer, in one run, and print ratios to KD.
+
+    python benchmarks/step_time.py                         # resnet32x4 -> resnet8x4, batch 64, CPU or CUDA
+    python benchmarks/step_time.py --teacher resnet56 --student resnet20 --repeats 20
+
+A step is what `Trainer` does per optimizer step: `training_step` (teacher forward under no_grad, student forward,
+losses, memory update, backward) plus `optimizer.step()` and zeroing the gradients. The methods are timed
+round-robin (one step of each, repeated), so machine noise hits all of them alike; the median is reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+from rrd_hf import RRDConfig, RRDTrainer  # noqa: E402
+from rrd_hf.models import build_model  # noqa: E402
+
+METHODS = {  # (ce, kd, rrd) weights, as in the published runs
+    "CE only": (1.0, 0.0, 0.0),
+    "KD": (1.0, 1.0, 0.0),
+    "RRD": (1.0, 0.0, 1.0),
+    "RRD+KD": (1.0, 1.0, 1.0),
+}
+
+
+def build_trainer(weights, args, output_dir, device_is_cpu):
+    ce, kd, rrd = weights
+    config = RRDConfig(
+        output_dir=output_dir, per_device_train_batch_size=args.batch_size, ce_weight=ce, kd_weight=kd,
+        rrd_weight=rrd, memory_size=args.memory_size, optim="sgd", optim_args="momentum=0.9", learning_rate=0.05,
+        weight_decay=5e-4, max_grad_norm=0.0, use_cpu=device_is_cpu, bf16=args.bf16, report_to="none",
+        disable_tqdm=True, save_strategy="no", seed=0,
+    )
+    torch.manual_seed(0)
+    student = build_model(args.student, num_labels=100)
+    teacher = build_model(args.teacher, num_labels=100) if (kd or rrd) else None
+    trainer = RRDTrainer(model=student, teacher_model=teacher, args=config)
+    trainer.model.to(trainer.args.device)
+    trainer.create_optimizer()
+    trainer.current_gradient_accumulation_steps = 1  # normally set by the training loop
+    return trainer
+
+
+def one_step(trainer, batch):
+    trainer.training_step(trainer.model, batch)
+    trainer.optimizer.step()
+    trainer.optimizer.zero_grad(set_to_none=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--teacher", default="resnet32x4")
+    parser.add_argument("--student", default="resnet8x4")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--memory-size", type=int, default=16384)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--bf16", action="store_true")
+    parser.add_argument("--cpu", action="store_true", help="stay on the CPU even when CUDA is available")
+    args = parser.parse_args()
+
+    device_is_cpu = args.cpu or not torch.cuda.is_available()
+    sync = (lambda: None) if device_is_cpu else torch.cuda.synchronize
+    with tempfile.TemporaryDirectory() as tmp:
+        trainers = {name: build_trainer(w, args, tmp, device_is_cpu) for name, w in METHODS.items()}
+        device = next(iter(trainers.values())).args.device
+        generator = torch.Generator().manual_seed(0)
+        batch = {
+            "pixel_values": torch.randn(args.batch_size, 3, 32, 32, generator=generator).to(device),
+            "labels": torch.randint(0, 100, (args.batch_size,), generator=generator).to(device),
+        }
+        times = {name: [] for name in trainers}
+        for repeat in range(args.warmup + args.repeats):
+            for name, trainer in trainers.items():
+                sync()
+                start = time.perf_counter()
+                one_step(trainer, batch)
+                sync()
+                if repeat >= args.warmup:
+                    times[name].append(time.perf_counter() - start)
+
+    where = torch.cuda.get_device_name() if not device_is_cpu else f"CPU ({torch.get_num_threads()} threads)"
+    print(f"{args.teacher} -> {args.student}, batch {args.batch_size}, memory {args.memory_size}, "
+          f"{'bf16' if args.bf16 else 'fp32'}, {where}, median of {args.repeats} steps")
+    kd = statistics.median(times["KD"])
+    print(f"{'method':<10} {'ms/step':>9} {'x KD':>7}")
+    for name, values in times.items():
+        median = statistics.median(values)
+        print(f"{name:<10} {median * 1e3:>9.1f} {median / kd:>7.3f}")
+
+
+if __name__ == "__main__":
+    main()

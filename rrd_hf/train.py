@@ -1,0 +1,222 @@
+"""Train a student with RRD (or a teacher with plain cross-entropy) from a recipe.
+
+    rrd-hf train recipes/cifar100/resnet32x4_resnet8x4_rrd.yaml --output_dir runs/r8x4 --seed 1
+    accelerate launch --config_file recipes/accelerate/multi_gpu.yaml -m rrd_hf.train RECIPE.yaml [--flag value ...]
+
+A recipe is a YAML file holding fields of `ModelArguments`, `DataArguments` and `RRDConfig` (which includes every
+`TrainingArguments` field); flags on the command line override it. Both launchers run `main` below.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+
+__all__ = ["ModelArguments", "DataArguments", "parse_recipe", "run", "main"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelArguments:
+    """Which student to train."""
+
+    student: str | None = field(
+        default=None,
+        metadata={"help": "Student: a zoo name (resnet8x4, wrn_16_2, MobileNetV2, ...), a local folder or a Hub id."},
+    )
+    student_init_kwargs: str | None = field(
+        default=None, metadata={"help": "JSON dict of extra config fields for a zoo student (e.g. '{\"width\": 2}')."}
+    )
+
+
+@dataclass
+class DataArguments:
+    """Which data, and how it reaches the models."""
+
+    dataset: str = field(
+        default="cifar100",
+        metadata={"help": "Known name (cifar100, cifar10, tiny-imagenet, stl10, fashion_mnist), Hub id or local path."},
+    )
+    dataset_config: str | None = field(default=None, metadata={"help": "Config name of the dataset repo, if any."})
+    train_split: str | None = field(default=None, metadata={"help": "Training split (default: the dataset's)."})
+    eval_split: str | None = field(default=None, metadata={"help": "Evaluation split (default: the dataset's)."})
+    image_size: int = field(default=32, metadata={"help": "Side length the images are resized to."})
+    device_augmentation: bool = field(
+        default=False,
+        metadata={"help": "Decode once into memory and augment whole batches on the device (the accelerator fast path)."},
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training samples."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N evaluation samples."})
+    image_column: str | None = field(default=None, metadata={"help": "Image column, when it cannot be detected."})
+    label_column: str | None = field(default=None, metadata={"help": "Label column, when it cannot be detected."})
+
+
+def _parser():
+    from transformers import HfArgumentParser
+
+    from .config import RRDConfig
+
+    return HfArgumentParser((ModelArguments, DataArguments, RRDConfig))
+
+
+def parse_recipe(argv: list[str], *, teacher_only: bool = False):
+    """`[RECIPE.yaml] [--field value ...]` → (ModelArguments, DataArguments, RRDConfig); flags override the file.
+
+    With `teacher_only`, kd_weight and rrd_weight default to 0 (plain cross-entropy training).
+    """
+    import yaml
+
+    parser = _parser()
+    if teacher_only:
+        parser.set_defaults(kd_weight=0.0, rrd_weight=0.0)
+    if argv and argv[0].endswith((".yaml", ".yml", ".json")):
+        path, argv = argv[0], argv[1:]
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"recipe {path} not found (run from the repository root, or give its full path).")
+        with open(path, encoding="utf-8") as handle:
+            recipe = (json.load(handle) if path.endswith(".json") else yaml.safe_load(handle)) or {}
+        if not isinstance(recipe, dict):
+            raise ValueError(f"recipe {path} must be a mapping of field: value, got {type(recipe).__name__}.")
+        known = {f.name for dtype in parser.dataclass_types for f in dataclasses.fields(dtype)}
+        unknown = sorted(set(recipe) - known)
+        if unknown:
+            raise ValueError(f"recipe {path} has unknown fields {unknown}: check their spelling against `rrd-hf train --help`.")
+        # Recipe values become argparse defaults: flags still override them, and string values get the
+        # field's type conversion (so `5e-4` in YAML is a float, not a string).
+        parser.set_defaults(**{k: (json.dumps(v) if isinstance(v, dict) else v) for k, v in recipe.items()})
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+def _load_splits(data_args: DataArguments, seed: int):
+    """(train, eval, batch_transform, num_labels, class_names, stats) for the requested data path."""
+    from .data import (
+        DeviceAugmentation,
+        InMemoryImageDataset,
+        find_dataset_info,
+        infer_dataset_info,
+        load_image_dataset,
+        prepare_dataset,
+    )
+
+    info = find_dataset_info(data_args.dataset) if isinstance(data_args.dataset, str) else None
+    load_kwargs = dict(name=data_args.dataset_config, image_column=data_args.image_column,
+                       label_column=data_args.label_column)
+    raw = load_image_dataset(data_args.dataset, None, **load_kwargs)
+    info = info or infer_dataset_info(data_args.dataset, dataset=next(iter(raw.values())))
+    if info is None:
+        raise ValueError(
+            f"{data_args.dataset!r} is not a known dataset, so its normalisation statistics are unknown: use a known "
+            "name or path layout, or compute them with rrd_hf.data.compute_mean_std and use the Python API."
+        )
+    train_split = data_args.train_split or info.train_split
+    eval_split = data_args.eval_split or info.eval_split
+    for split in (train_split, eval_split):
+        if split not in raw:
+            raise ValueError(f"split {split!r} not in {data_args.dataset!r}; available: {sorted(raw)}.")
+
+    def limit(dataset, n):
+        return dataset.select(range(min(n, len(dataset)))) if n is not None else dataset
+
+    train_raw, eval_raw = limit(raw[train_split], data_args.max_train_samples), limit(raw[eval_split], data_args.max_eval_samples)
+    feature = train_raw.features.get("label")
+    class_names = list(getattr(feature, "names", None) or info.class_names or [])
+    num_labels = len(class_names) or info.num_classes
+    if data_args.device_augmentation:
+        train = InMemoryImageDataset.from_dataset(train_raw, data_args.image_size)
+        evaluation = InMemoryImageDataset.from_dataset(eval_raw, data_args.image_size)
+        transform = DeviceAugmentation(info, seed=seed)
+    else:
+        common = dict(image_size=data_args.image_size, stats=info, num_labels=num_labels, dataset_name=info.name)
+        train = prepare_dataset(train_raw, train_split, train=True, with_index=True, seed=seed, **common)
+        evaluation = prepare_dataset(eval_raw, eval_split, train=False, **common)
+        transform = None
+    return train, evaluation, transform, num_labels, class_names, info
+
+
+def is_zoo_name(name: str) -> bool:
+    from .models import resolve_model_name
+
+    try:
+        resolve_model_name(name)
+        return True
+    except ValueError:
+        return False
+
+
+def _build_student(model_args: ModelArguments, num_labels: int, class_names: list[str]):
+    from .models import build_model
+    from .trainer import load_image_classifier
+
+    if not model_args.student:
+        raise ValueError("no student given: set `student:` in the recipe or pass --student resnet8x4 (or a path).")
+    label_kwargs = {}
+    if class_names:
+        label_kwargs = {"id2label": dict(enumerate(class_names)), "label2id": {n: i for i, n in enumerate(class_names)}}
+    if is_zoo_name(model_args.student) and not os.path.exists(model_args.student):
+        overrides = json.loads(model_args.student_init_kwargs) if model_args.student_init_kwargs else {}
+        return build_model(model_args.student, num_labels=num_labels, **label_kwargs, **overrides), True
+    return load_image_classifier(model_args.student, role="student"), False
+
+
+def run(model_args: ModelArguments, data_args: DataArguments, config, *, teacher_only: bool = False) -> dict:
+    """Train, save the student (Hub-ready) into `output_dir`, write `results.json`, and return the results."""
+    from .models import cifar_image_processor
+    from .results import RESULTS_NAME, summarize_log_history
+    from .trainer import RRDTrainer
+
+    if teacher_only and config.needs_teacher:
+        raise ValueError(
+            f"train-teacher trains with cross-entropy only, but the recipe sets kd_weight={config.kd_weight} and "
+            f"rrd_weight={config.rrd_weight}: set both to 0 (or use `rrd-hf train` to distil)."
+        )
+    train, evaluation, transform, num_labels, class_names, info = _load_splits(data_args, config.seed)
+    student, from_zoo = _build_student(model_args, num_labels, class_names)
+    if student.config.num_labels != num_labels:
+        raise ValueError(
+            f"the student predicts {student.config.num_labels} classes but {data_args.dataset!r} has {num_labels}: "
+            "use a student built for this dataset."
+        )
+    processor = cifar_image_processor(mean=info.mean, std=info.std, size=data_args.image_size) if from_zoo else None
+    if config.student_image_mean is None:  # batches are normalised with the dataset's statistics
+        config.student_image_mean, config.student_image_std = list(info.mean), list(info.std)
+    trainer = RRDTrainer(
+        model=student, args=config, train_dataset=train, eval_dataset=evaluation, processing_class=processor,
+        batch_transform=transform,
+    )
+    trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
+    if config.eval_strategy == "no":  # still report the final accuracy (it lands in log_history)
+        trainer.evaluate()
+    trainer.save_model()
+    results = {
+        "dataset": data_args.dataset, "student": model_args.student, "teacher": config.teacher_model_name_or_path,
+        "ce_weight": config.ce_weight, "kd_weight": config.kd_weight, "rrd_weight": config.rrd_weight,
+        "seed": config.seed, "global_step": trainer.state.global_step,
+        **summarize_log_history(trainer.state.log_history),
+    }
+    if trainer.is_world_process_zero():
+        with open(os.path.join(config.output_dir, RESULTS_NAME), "w", encoding="utf-8") as handle:
+            json.dump(results, handle, indent=2)
+        logger.info("results: %s", results)
+        print(json.dumps(results, indent=2))
+    trainer.end()
+    return results
+
+
+def main(argv: list[str] | None = None, *, teacher_only: bool = False) -> dict:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("-h", "--help"):
+        _parser().print_help()
+        return {}
+    model_args, data_args, config = parse_recipe(argv, teacher_only=teacher_only)
+    return run(model_args, data_args, config, teacher_only=teacher_only)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    main()

@@ -1,0 +1,108 @@
+"""Image-classification data for rrd_hf: known datasets, one loader, benchmark transforms, a device fast path.
+
+Typical use with a ``transformers.Trainer`` (per-sample CPU transforms)::
+
+    from rrd_hf.data import prepare_dataset
+    train = prepare_dataset("cifar100", "train", with_index=True)      # random crop + flip + normalise
+    test = prepare_dataset("cifar100", "test")                         # normalise only
+    # TrainingArguments(..., remove_unused_columns=False)  <- required with on-the-fly transforms
+
+Accelerator fast path (decode once, augment batched on the device)::
+
+    from rrd_hf.data import DeviceAugmentation, load_in_memory
+    train = load_in_memory("../shared/data/cifar10", "train", image_size=32)   # uint8 (N, 3, 32, 32)
+    augment = DeviceAugmentation("cifar10", seed=0)
+    pixel_values = augment(batch["pixel_values"].to(device), training=True)
+
+Offline: known names resolve to Hub ids; with ``HF_HUB_OFFLINE=1`` an uncached Hub id fails at once with
+:class:`DatasetUnavailableError` telling you to pass a local path. Fashion-MNIST is read from the Debian
+package ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``) when installed.
+"""
+
+from .device import DeviceAugmentation, InMemoryImageDataset, decode_to_uint8, load_in_memory
+from .errors import (
+    CorruptImageError,
+    DataError,
+    DatasetUnavailableError,
+    DataSourceNotFoundError,
+    LabelOutOfRangeError,
+    MissingColumnError,
+    UnknownDatasetError,
+    UnknownSplitError,
+)
+from .fashion_mnist import (
+    FASHION_MNIST_DEBIAN_DIR,
+    fashion_mnist_available,
+    find_fashion_mnist_files,
+    load_fashion_mnist,
+    read_idx,
+)
+from .images import decode_image
+from .loading import check_labels, describe_source, infer_dataset_info, load_image_dataset, verify_images
+from .prepare import prepare_dataset
+from .registry import (
+    CIFAR10_CLASS_NAMES,
+    CIFAR100_COARSE_CLASS_NAMES,
+    CIFAR100_FINE_CLASS_NAMES,
+    FASHION_MNIST_CLASS_NAMES,
+    KNOWN_DATASETS,
+    STL10_CLASS_NAMES,
+    DatasetInfo,
+    NormalizationStats,
+    find_dataset_info,
+    get_dataset_info,
+    known_dataset_names,
+    resolve_stats,
+)
+from .stats import compute_mean_std
+from .transforms import ImageClassificationTransform, build_transforms, normalize_uint8, pad_crop_flip
+
+__all__ = [
+    # registry
+    "KNOWN_DATASETS",
+    "DatasetInfo",
+    "NormalizationStats",
+    "get_dataset_info",
+    "find_dataset_info",
+    "known_dataset_names",
+    "resolve_stats",
+    "CIFAR10_CLASS_NAMES",
+    "CIFAR100_FINE_CLASS_NAMES",
+    "CIFAR100_COARSE_CLASS_NAMES",
+    "STL10_CLASS_NAMES",
+    "FASHION_MNIST_CLASS_NAMES",
+    # loading
+    "load_image_dataset",
+    "infer_dataset_info",
+    "describe_source",
+    "check_labels",
+    "verify_images",
+    "decode_image",
+    "compute_mean_std",
+    # Fashion-MNIST (offline demo data)
+    "load_fashion_mnist",
+    "find_fashion_mnist_files",
+    "fashion_mnist_available",
+    "read_idx",
+    "FASHION_MNIST_DEBIAN_DIR",
+    # transforms
+    "build_transforms",
+    "ImageClassificationTransform",
+    "pad_crop_flip",
+    "normalize_uint8",
+    "prepare_dataset",
+    # fast path
+    "decode_to_uint8",
+    "InMemoryImageDataset",
+    "DeviceAugmentation",
+    "load_in_memory",
+    # errors
+    "DataError",
+    "UnknownDatasetError",
+    "UnknownSplitError",
+    "MissingColumnError",
+    "CorruptImageError",
+    "LabelOutOfRangeError",
+    "DataSourceNotFoundError",
+    "DatasetUnavailableError",
+]

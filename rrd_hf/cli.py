@@ -65,8 +65,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"\nunknown command {argv[0]!r}: choose one of {', '.join(commands)}.", file=sys.stderr)
             sys.exit(2)
         return
-    logging.basicConfig(level=os.environ.get("RRD_HF_LOG_LEVEL", "INFO"),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("rrd_hf").setLevel(os.environ.get("RRD_HF_LOG_LEVEL", "INFO"))
     commands[argv[0]](argv[1:])
 
 

@@ -71,6 +71,20 @@ def check_same_labels(student: PreTrainedModel, teacher: PreTrainedModel) -> Non
         )
 
 
+def _memory_slots(train_dataset) -> int:
+    """Slots of the momentum memory: one per dataset index (indices may skip rows after a select or shuffle)."""
+    if train_dataset is None or not hasattr(train_dataset, "__len__"):
+        raise ValueError("memory_type='momentum' needs a train_dataset with a length (one slot per sample).")
+    index = getattr(train_dataset, "index", None)  # rrd_hf.data.InMemoryImageDataset
+    if isinstance(index, torch.Tensor) and index.numel():
+        return int(index.max()) + 1
+    column_names = getattr(train_dataset, "column_names", None) or []
+    if "index" in column_names:  # a datasets.Dataset: read the column without running the transform
+        values = train_dataset.with_format("numpy")["index"]
+        return int(max(values)) + 1 if len(values) else 0
+    return len(train_dataset)
+
+
 class _ZeroRRDGradients(TrainerCallback):
     """Trainer zeroes only the student's gradients (`model.zero_grad()`): clear the head's at every step's start,
     or they would accumulate across optimizer steps."""
@@ -152,6 +166,11 @@ class RRDTrainer(Trainer):
             preprocess_logits_for_metrics=preprocess_logits_for_metrics,
         )
         self.model_accepts_loss_kwargs = False
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            raise NotImplementedError(
+                "RRDTrainer supports one process and DDP (accelerate MULTI_GPU / torchrun). FSDP and DeepSpeed shard "
+                "only the Trainer's model, so the projection heads and the memory would be left out: use DDP."
+            )
         self.args.check_memory_size(self.accelerator.num_processes)
         self.batch_transform = batch_transform
         self._loss_terms: dict[str, list[torch.Tensor]] = defaultdict(list)
@@ -193,11 +212,7 @@ class RRDTrainer(Trainer):
 
     def _build_rrd(self, train_dataset) -> RRDLoss:
         args = self.args
-        num_samples = None
-        if args.memory_type == "momentum":
-            if train_dataset is None or not hasattr(train_dataset, "__len__"):
-                raise ValueError("memory_type='momentum' needs a train_dataset with a length (one slot per sample).")
-            num_samples = len(train_dataset)
+        num_samples = _memory_slots(train_dataset) if args.memory_type == "momentum" else None
         # Seeded in a forked RNG: identical heads on every process, and the global random stream is left as is.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(args.seed)

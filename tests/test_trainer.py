@@ -320,3 +320,31 @@ def test_trainer_rejects_plain_training_arguments(tmp_path):
 
     with pytest.raises(TypeError, match="RRDConfig"):
         RRDTrainer(model=tiny_model(), teacher_model=tiny_model(), args=TrainingArguments(output_dir=str(tmp_path)))
+
+
+def test_momentum_memory_has_a_slot_for_every_dataset_index(tmp_path):
+    import datasets
+
+    data = TinyImageDataset(16)
+    # indices as left by shuffle/select of a larger split: sparse, up to 31
+    dataset = datasets.Dataset.from_dict({"pixel_values": data.images.numpy(), "labels": data.labels.tolist(),
+                                          "index": list(range(0, 32, 2))}).with_format("torch")
+    trainer = RRDTrainer(model=tiny_model(seed=1), teacher_model=tiny_model(width=16, seed=2),
+                         args=make_args(tmp_path, memory_type="momentum", max_steps=2), train_dataset=dataset)
+    assert trainer.rrd.memory.size == 31
+    trainer.train()
+    assert trainer.rrd.memory.num_filled == 16
+
+
+def test_fsdp_is_refused_with_an_explanation(tmp_path, monkeypatch):
+    from transformers import Trainer
+
+    original = Trainer.create_accelerator_and_postprocess
+
+    def pretend_fsdp(self):
+        original(self)
+        self.is_fsdp_enabled = True
+
+    monkeypatch.setattr(Trainer, "create_accelerator_and_postprocess", pretend_fsdp)
+    with pytest.raises(NotImplementedError, match="use DDP"):
+        make_trainer(tmp_path)

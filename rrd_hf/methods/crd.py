@@ -1,0 +1,274 @@
+"""Contrastive representation distillation (Tian et al., ICLR 2020), RepDistiller `crd/` (`CRDLoss`, `ContrastMemory`,
+`ContrastLoss`), as pure functions plus the memory that holds the two banks.
+
+Formulation (RepDistiller):
+* `z_s = normalize(W_s f_s + b_s)`, `z_t = normalize(W_t f_t + b_t)` (128-d; **both** heads are trained).
+* Two dataset-sized banks: `student_bank` (RepDistiller `memory_v1`) and `teacher_bank` (`memory_v2`).
+* For every sample i, `K + 1` bank rows: its own index first (the positive), then K negatives.
+  `out_s[i, k] = exp(z_s,i · teacher_bank[idx_ik] / T) / Z_s` and `out_t[i, k] = exp(z_t,i · student_bank[idx_ik] / T) / Z_t`,
+  T = 0.07. Z_s, Z_t are fixed on the first batch: `Z = mean(exp(·/T)) · N`.
+* NCE loss (`ContrastLoss`, eq. 18), with m = K and P_n = 1/N:
+  `−(Σ_i log(P_i0 / (P_i0 + m P_n + ε)) + Σ_i Σ_{k≥1} log(m P_n / (P_ik + m P_n + ε))) / B`, ε = 1e-7;
+  the CRD loss is NCE(out_s) + NCE(out_t).
+* After the loss, the banks are updated at the batch's indices: `bank[i] ← normalize(m · bank[i] + (1 − m) · z_i)`,
+  momentum m = 0.5 (student bank with z_s, teacher bank with z_t).
+
+The scores are computed as `z @ bankᵀ` followed by a gather of the K + 1 sampled columns, not by materialising
+`B × (K + 1) × 128` bank rows as the reference does: same values, far less memory traffic.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..losses import _check_temperature
+
+__all__ = [
+    "crd_scores",
+    "crd_nce_loss",
+    "crd_loss",
+    "crd_memory_update",
+    "CRDMemory",
+    "NEGATIVE_SAMPLING",
+]
+
+NEGATIVE_SAMPLING = ("uniform", "other_class")
+_NCE_EPS = 1e-7
+
+
+def crd_scores(embeddings: torch.Tensor, memory: torch.Tensor, sample_indices: torch.Tensor, temperature: float) -> torch.Tensor:
+    """`exp(embeddings_i · memory[sample_indices[i, k]] / T)`, shape (B, K + 1), float32; the memory is a constant."""
+    _check_temperature("CRD temperature", temperature)
+    if embeddings.dim() != 2 or memory.dim() != 2 or embeddings.shape[1] != memory.shape[1]:
+        raise ValueError(
+            f"embeddings (B, D) and memory (N, D) must share D, got {tuple(embeddings.shape)} and {tuple(memory.shape)}."
+        )
+    if sample_indices.dim() != 2 or sample_indices.shape[0] != embeddings.shape[0]:
+        raise ValueError(
+            f"sample_indices must be (B, K + 1) with B = {embeddings.shape[0]}, got {tuple(sample_indices.shape)}."
+        )
+    with torch.autocast(device_type=embeddings.device.type, enabled=False):
+        similarities = embeddings.float() @ memory.detach().float().t()
+        return torch.exp(similarities.gather(1, sample_indices.long()) / temperature)
+
+
+def crd_nce_loss(probabilities: torch.Tensor, num_samples: int, eps: float = _NCE_EPS) -> torch.Tensor:
+    """RepDistiller `ContrastLoss`: NCE with the positive in column 0 and K = columns − 1 noise samples."""
+    if probabilities.dim() != 2 or probabilities.shape[1] < 2:
+        raise ValueError(f"expected (B, K + 1) scores with K >= 1, got {tuple(probabilities.shape)}.")
+    with torch.autocast(device_type=probabilities.device.type, enabled=False):
+        x = probabilities.float()
+        batch, m = x.shape[0], x.shape[1] - 1
+        noise = m / float(num_samples)
+        positive = x[:, 0]
+        negative = x[:, 1:]
+        log_d1 = torch.log(positive / (positive + noise + eps))
+        log_d0 = torch.log(noise / (negative + noise + eps))
+        return -(log_d1.sum() + log_d0.sum()) / batch
+
+
+def crd_loss(
+    student_embeddings: torch.Tensor,
+    teacher_embeddings: torch.Tensor,
+    student_memory: torch.Tensor,
+    teacher_memory: torch.Tensor,
+    sample_indices: torch.Tensor,
+    student_normalizer: float | torch.Tensor,
+    teacher_normalizer: float | torch.Tensor,
+    temperature: float = 0.07,
+) -> torch.Tensor:
+    """CRD objective `NCE(out_s) + NCE(out_t)` (see the module docstring).
+
+    Args:
+        student_embeddings, teacher_embeddings: `(B, D)` L2-normalised projections. Both receive gradients (the
+            teacher *projection* is trained in CRD; the teacher's features must be detached before it).
+        student_memory, teacher_memory: `(N, D)` banks (constants).
+        sample_indices: `(B, K + 1)` bank rows per sample, the sample's own index first.
+        student_normalizer, teacher_normalizer: Z_s, Z_t (constants).
+    """
+    if student_embeddings.shape != teacher_embeddings.shape:
+        raise ValueError(
+            f"student and teacher embeddings must have the same shape, got {tuple(student_embeddings.shape)} and "
+            f"{tuple(teacher_embeddings.shape)}."
+        )
+    if student_memory.shape != teacher_memory.shape:
+        raise ValueError(f"the two banks differ in shape: {tuple(student_memory.shape)} vs {tuple(teacher_memory.shape)}.")
+    num_samples = student_memory.shape[0]
+    z_s = float(student_normalizer)
+    z_t = float(teacher_normalizer)
+    if not (z_s > 0 and z_t > 0):
+        raise ValueError(f"the normalisers Z must be > 0 (set on the first batch), got {z_s} and {z_t}.")
+    out_s = crd_scores(student_embeddings, teacher_memory, sample_indices, temperature) / z_s
+    out_t = crd_scores(teacher_embeddings, student_memory, sample_indices, temperature) / z_t
+    return crd_nce_loss(out_s, num_samples) + crd_nce_loss(out_t, num_samples)
+
+
+def crd_memory_update(memory: torch.Tensor, keys: torch.Tensor, indices: torch.Tensor, momentum: float) -> torch.Tensor:
+    """A new bank with rows `indices` set to `normalize(momentum · memory[i] + (1 − momentum) · key)` (out of place).
+
+    With repeated indices (a padded last batch under data parallelism) each index's first occurrence is used, so
+    the result does not depend on the order of duplicate writes.
+    """
+    keys = keys.detach().to(device=memory.device, dtype=memory.dtype)
+    indices = indices.detach().to(device=memory.device, dtype=torch.long).reshape(-1)
+    if keys.dim() != 2 or keys.shape[1] != memory.shape[1] or keys.shape[0] != indices.numel():
+        raise ValueError(
+            f"keys must be ({indices.numel()}, {memory.shape[1]}) for {indices.numel()} indices, got {tuple(keys.shape)}."
+        )
+    if indices.numel() == 0:
+        return memory
+    if int(indices.min()) < 0 or int(indices.max()) >= memory.shape[0]:
+        raise ValueError(
+            f"sample index out of range [0, {memory.shape[0]}): min {int(indices.min())}, max {int(indices.max())}. "
+            "The CRD memory must be sized with the number of training samples."
+        )
+    unique, inverse = torch.unique(indices, return_inverse=True)
+    positions = torch.arange(indices.numel(), device=indices.device)
+    first = torch.full_like(unique, indices.numel()).scatter_reduce(0, inverse, positions, reduce="amin")
+    indices, keys = indices[first], keys[first]
+    blended = F.normalize(momentum * memory.index_select(0, indices) + (1 - momentum) * keys, dim=1)
+    return memory.index_copy(0, indices, blended)
+
+
+def _mix_seed(*values: int) -> int:
+    seed = 0
+    for value in values:
+        seed = (seed * 1_000_003 + int(value)) % (2**63 - 1)
+    return seed
+
+
+class CRDMemory(nn.Module):
+    """The two banks, the normalisers and the seeded sampler of negatives.
+
+    Buffers (all in the state dict): `student_bank`, `teacher_bank` (N, D), initialised uniform in
+    [−1/√(D/3), 1/√(D/3)] as in RepDistiller (from `seed`, not the global RNG); `normalizers` = [Z_s, Z_t], −1
+    until set; `num_updates`, the update counter that drives the negative draws.
+
+    Negatives (K per sample): `negatives="uniform"`: K dataset indices drawn uniformly with replacement (the
+    reference's `AliasMethod` over uniform unigrams, used when the loader gives no `contrast_idx`).
+    `negatives="other_class"` (needs `labels`, the class of every training sample): K indices drawn uniformly
+    **without** replacement among the samples of the other classes (with replacement only for a class whose
+    complement is smaller than K), which is what RepDistiller's CIFAR CRD runs use (`CIFAR100InstanceSample`,
+    `mode="exact"`). The draw costs a `(B, N)` float64 random matrix and a sort per step.
+    The draw is a function of `(seed, num_updates, process_index)` only: identical for two memories in the same
+    state, reproduced after a resume, and different across processes (set `process_index`) whose batches differ.
+    """
+
+    def __init__(
+        self,
+        num_samples: int,
+        dim: int = 128,
+        num_negatives: int = 16384,
+        momentum: float = 0.5,
+        seed: int = 0,
+        labels: torch.Tensor | None = None,
+        negatives: str | None = None,
+    ):
+        super().__init__()
+        if num_samples < 2 or dim < 1 or num_negatives < 1:
+            raise ValueError(
+                f"need num_samples >= 2, dim >= 1, num_negatives >= 1, got {num_samples}, {dim}, {num_negatives}."
+            )
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"momentum must be in [0, 1), got {momentum}.")
+        if negatives is None:
+            negatives = "other_class" if labels is not None else "uniform"
+        if negatives not in NEGATIVE_SAMPLING:
+            raise ValueError(f"negatives must be one of {NEGATIVE_SAMPLING}, got {negatives!r}.")
+        self.num_negatives = int(num_negatives)
+        self.momentum = float(momentum)
+        self.seed = int(seed)
+        self.negatives = negatives
+        generator = torch.Generator().manual_seed(self.seed)
+        stdv = 1.0 / math.sqrt(dim / 3)
+        self.register_buffer("student_bank", torch.rand(num_samples, dim, generator=generator) * (2 * stdv) - stdv)
+        self.register_buffer("teacher_bank", torch.rand(num_samples, dim, generator=generator) * (2 * stdv) - stdv)
+        self.register_buffer("normalizers", torch.full((2,), -1.0))
+        self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
+        if negatives == "other_class":
+            if labels is None:
+                raise ValueError(
+                    "negatives='other_class' needs labels: the class id of every training sample (a LongTensor "
+                    "of length num_samples, in dataset-index order)."
+                )
+            labels = torch.as_tensor(labels).long().reshape(-1)
+            if labels.numel() != num_samples:
+                raise ValueError(f"labels has {labels.numel()} entries, expected num_samples={num_samples}.")
+            counts = torch.bincount(labels)
+            if int((num_samples - counts[counts > 0]).min()) < 1:
+                raise ValueError("negatives='other_class' needs at least two classes in labels.")
+            # The class ids are data given at construction, not state: kept out of the state dict.
+            self.register_buffer("labels", labels, persistent=False)
+            order = torch.argsort(labels, stable=True)
+            starts = torch.cumsum(counts, 0) - counts
+            self.register_buffer("_order", order, persistent=False)
+            self.register_buffer("_class_starts", starts, persistent=False)
+            self.register_buffer("_class_counts", counts, persistent=False)
+        else:
+            self.labels = None
+
+    @property
+    def num_samples(self) -> int:
+        return self.student_bank.shape[0]
+
+    @property
+    def normalizers_set(self) -> bool:
+        return bool((self.normalizers > 0).all())
+
+    def _generator(self, process_index: int) -> torch.Generator:
+        device = self.student_bank.device
+        generator = torch.Generator(device=device)
+        generator.manual_seed(_mix_seed(self.seed, int(self.num_updates), process_index))
+        return generator
+
+    def sample_indices(self, index: torch.Tensor, process_index: int = 0) -> torch.Tensor:
+        """`(B, K + 1)` bank rows for the batch: column 0 the sample's own index, then K negatives."""
+        index = index.detach().to(device=self.student_bank.device, dtype=torch.long).reshape(-1)
+        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= self.num_samples):
+            raise ValueError(
+                f"sample index out of range [0, {self.num_samples}): min {int(index.min())}, max {int(index.max())}."
+            )
+        batch, k, n = index.numel(), self.num_negatives, self.num_samples
+        generator = self._generator(process_index)
+        device = index.device
+        if self.negatives == "uniform":
+            negatives = torch.randint(n, (batch, k), generator=generator, device=device)
+        else:
+            classes = self.labels[index]
+            counts = self._class_counts[classes]
+            complement = n - counts  # number of other-class samples per row
+            keys = torch.rand(batch, n, generator=generator, device=device, dtype=torch.float64)
+            keys = keys.masked_fill(self.labels.unsqueeze(0) == classes.unsqueeze(1), 2.0)
+            if k <= n:
+                negatives = torch.argsort(keys, dim=1, stable=True)[:, :k]
+            else:
+                negatives = torch.zeros(batch, k, dtype=torch.long, device=device)
+            needs_replacement = complement < k
+            if bool(needs_replacement.any()):
+                # Uniform with replacement among the other classes: draw a rank j in the complement, then skip
+                # over the row's own class in the label-sorted order.
+                u = torch.rand(batch, k, generator=generator, device=device, dtype=torch.float64)
+                j = (u * complement.unsqueeze(1)).long().clamp(max=(complement - 1).unsqueeze(1))
+                starts = self._class_starts[classes].unsqueeze(1)
+                positions = j + (j >= starts).long() * counts.unsqueeze(1)
+                with_replacement = self._order[positions]
+                negatives = torch.where(needs_replacement.unsqueeze(1), with_replacement, negatives)
+        return torch.cat([index.unsqueeze(1), negatives], dim=1)
+
+    @torch.no_grad()
+    def set_normalizers(self, student_normalizer: float, teacher_normalizer: float) -> None:
+        self.normalizers = torch.tensor(
+            [float(student_normalizer), float(teacher_normalizer)], device=self.normalizers.device,
+            dtype=self.normalizers.dtype,
+        )
+
+    @torch.no_grad()
+    def update(self, student_keys: torch.Tensor, teacher_keys: torch.Tensor, indices: torch.Tensor) -> None:
+        """Momentum update of both banks at `indices` (out of place: new tensors replace the buffers)."""
+        self.student_bank = crd_memory_update(self.student_bank, student_keys, indices, self.momentum)
+        self.teacher_bank = crd_memory_update(self.teacher_bank, teacher_keys, indices, self.momentum)
+        self.num_updates = self.num_updates + 1

@@ -1,0 +1,176 @@
+"""Feature-map distillation losses of the CRD benchmark (RepDistiller `distiller_zoo`), as pure functions.
+
+Every function computes in float32 (also under autocast) and detaches the teacher maps inside. Where a student and
+a teacher map differ in spatial size, the larger one is average-pooled to the smaller one first, as RepDistiller
+does (it pools to `(H, H)`, assuming square maps; here `(H, W)`, identical for square maps).
+
+* FitNet (Romero et al. 2015): `hint_loss`, MSE between the regressed student map and the teacher map.
+* AT (Zagoruyko & Komodakis 2017): `at_loss`, p = 2.
+* NST (Huang & Wang 2017): `nst_loss`, squared MMD with the polynomial kernel k(a, b) = (aᵀb)².
+* FSP (Yim et al. 2017): `fsp_matrix`, `fsp_loss`.
+* AB (Heo et al. 2019): `ab_criterion`, `ab_loss`, margin 1.0, on pre-ReLU maps.
+* FT (Kim et al. 2018): `factor`, `ft_loss`, L1 between L2-normalised factors.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "pool_to_common_size",
+    "hint_loss",
+    "attention_map",
+    "at_loss",
+    "nst_loss",
+    "fsp_matrix",
+    "fsp_loss",
+    "ab_criterion",
+    "ab_loss",
+    "factor",
+    "ft_loss",
+]
+
+
+def _check_maps(name: str, f_s: torch.Tensor, f_t: torch.Tensor, same_channels: bool = False) -> None:
+    if f_s.dim() != 4 or f_t.dim() != 4 or f_s.shape[0] != f_t.shape[0]:
+        raise ValueError(
+            f"{name} needs student and teacher maps (B, C, H, W) with the same batch size, got {tuple(f_s.shape)} "
+            f"and {tuple(f_t.shape)}. Use the hidden_states of output_hidden_states=True, not the pooled vector."
+        )
+    if same_channels and f_s.shape[1] != f_t.shape[1]:
+        raise ValueError(f"{name} needs equal channel counts, got student {f_s.shape[1]} and teacher {f_t.shape[1]}.")
+
+
+def pool_to_common_size(f_s: torch.Tensor, f_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Average-pool the spatially larger of two maps to the other's size (RepDistiller's dimension matching)."""
+    s_h, t_h = f_s.shape[2], f_t.shape[2]
+    if s_h > t_h:
+        f_s = F.adaptive_avg_pool2d(f_s, f_t.shape[2:])
+    elif s_h < t_h:
+        f_t = F.adaptive_avg_pool2d(f_t, f_s.shape[2:])
+    return f_s, f_t
+
+
+def hint_loss(regressed_student: torch.Tensor, teacher_map: torch.Tensor) -> torch.Tensor:
+    """FitNet: `mean((r(f_s) − f_t)²)` over all elements (`nn.MSELoss()`)."""
+    if regressed_student.shape != teacher_map.shape:
+        raise ValueError(
+            f"the regressed student map {tuple(regressed_student.shape)} must have the teacher map's shape "
+            f"{tuple(teacher_map.shape)}: build the regressor from the same hint layer of both models."
+        )
+    with torch.autocast(device_type=regressed_student.device.type, enabled=False):
+        return F.mse_loss(regressed_student.float(), teacher_map.detach().float())
+
+
+def attention_map(f: torch.Tensor, p: float = 2.0) -> torch.Tensor:
+    """AT's spatial attention: `normalize(mean_c(f^p))`, flattened to (B, H·W), float32."""
+    with torch.autocast(device_type=f.device.type, enabled=False):
+        return F.normalize(f.float().pow(p).mean(1).reshape(f.shape[0], -1), dim=1)
+
+
+def at_loss(f_s: torch.Tensor, f_t: torch.Tensor, p: float = 2.0) -> torch.Tensor:
+    """Attention transfer for one stage pair: `mean((a(f_s) − a(f_t))²)` over batch and positions."""
+    _check_maps("AT", f_s, f_t)
+    f_s, f_t = pool_to_common_size(f_s, f_t.detach())
+    return (attention_map(f_s, p) - attention_map(f_t, p)).pow(2).mean()
+
+
+def _poly_kernel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    # a: (B, Ca, N), b: (B, Cb, N) -> (B, Cb, Ca) with entries (a_i · b_j)²  (RepDistiller's unsqueeze layout)
+    return torch.bmm(b, a.transpose(1, 2)).pow(2)
+
+
+def nst_loss(f_s: torch.Tensor, f_t: torch.Tensor) -> torch.Tensor:
+    """NST for one stage pair: MMD² between the channel distributions, polynomial kernel (aᵀb)², full form.
+
+    Each channel's spatial response is L2-normalised; the loss is `mean k(t, t) + mean k(s, s) − 2 mean k(s, t)`
+    (RepDistiller `NSTLoss` with `full_loss=True`; the teacher term is a constant).
+    """
+    _check_maps("NST", f_s, f_t)
+    f_s, f_t = pool_to_common_size(f_s, f_t.detach())
+    with torch.autocast(device_type=f_s.device.type, enabled=False):
+        s = F.normalize(f_s.float().reshape(f_s.shape[0], f_s.shape[1], -1), dim=2)
+        t = F.normalize(f_t.float().reshape(f_t.shape[0], f_t.shape[1], -1), dim=2)
+        return _poly_kernel(t, t).mean() + _poly_kernel(s, s).mean() - 2 * _poly_kernel(s, t).mean()
+
+
+def fsp_matrix(bottom: torch.Tensor, top: torch.Tensor) -> torch.Tensor:
+    """FSP ("flow of solution procedure") matrix of two maps: `G[b, j, i] = mean_xy top[b, j] · bottom[b, i]`.
+
+    Shape (B, C_top, C_bottom); the larger map is pooled to the smaller one first.
+    """
+    if bottom.dim() != 4 or top.dim() != 4:
+        raise ValueError(f"FSP needs (B, C, H, W) maps, got {tuple(bottom.shape)} and {tuple(top.shape)}.")
+    bottom, top = pool_to_common_size(bottom, top)
+    with torch.autocast(device_type=bottom.device.type, enabled=False):
+        b = bottom.float().reshape(bottom.shape[0], bottom.shape[1], -1)
+        t = top.float().reshape(top.shape[0], top.shape[1], -1)
+        return torch.bmm(t, b.transpose(1, 2)) / b.shape[2]
+
+
+def fsp_loss(student_maps: Sequence[torch.Tensor], teacher_maps: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Sum over consecutive map pairs of `mean((G_s − G_t)²)` (RepDistiller `FSP`, `loss_kd = sum(loss_group)`)."""
+    if len(student_maps) != len(teacher_maps) or len(student_maps) < 2:
+        raise ValueError(
+            f"FSP needs the same number (>= 2) of student and teacher maps, got {len(student_maps)} and "
+            f"{len(teacher_maps)}."
+        )
+    for s, t in zip(student_maps, teacher_maps):
+        _check_maps("FSP", s, t, same_channels=True)
+    total = 0.0
+    for i in range(len(student_maps) - 1):
+        g_s = fsp_matrix(student_maps[i], student_maps[i + 1])
+        g_t = fsp_matrix(teacher_maps[i].detach(), teacher_maps[i + 1].detach())
+        total = total + (g_s - g_t).pow(2).mean()
+    return total
+
+
+def ab_criterion(source: torch.Tensor, target: torch.Tensor, margin: float = 1.0) -> torch.Tensor:
+    """AB's alternative L2 of one pair, summed over all elements (not averaged).
+
+    `(s + m)² · [s > −m ∧ t ≤ 0] + (s − m)² · [s ≤ m ∧ t > 0]`, s the (connected) student pre-ReLU map, t the
+    teacher's pre-ReLU map: the student is pushed to the teacher's side of the ReLU boundary by a margin m.
+    """
+    if source.shape != target.shape:
+        raise ValueError(
+            f"AB compares maps of equal shape (the connector maps the student to the teacher's shape), got "
+            f"{tuple(source.shape)} and {tuple(target.shape)}."
+        )
+    with torch.autocast(device_type=source.device.type, enabled=False):
+        s, t = source.float(), target.detach().float()
+        loss = (s + margin).pow(2) * ((s > -margin) & (t <= 0)).float() + (s - margin).pow(2) * (
+            (s <= margin) & (t > 0)
+        ).float()
+        return loss.abs().sum()
+
+
+def ab_loss(sources: Sequence[torch.Tensor], targets: Sequence[torch.Tensor], margin: float = 1.0) -> torch.Tensor:
+    """RepDistiller `ABLoss` summed: `Σ_i 2^(i−n+1) · criterion_i / B / 1000 · 3` over the n stage pairs."""
+    if len(sources) != len(targets) or not sources:
+        raise ValueError(f"AB needs as many student as teacher maps (>= 1), got {len(sources)} and {len(targets)}.")
+    n, batch = len(sources), sources[0].shape[0]
+    total = 0.0
+    for i, (s, t) in enumerate(zip(sources, targets)):
+        total = total + 2.0 ** (i - n + 1) * ab_criterion(s, t, margin) / batch / 1000 * 3
+    return total
+
+
+def factor(f: torch.Tensor) -> torch.Tensor:
+    """FT's factor normalisation: the flattened map, L2-normalised per sample, float32."""
+    with torch.autocast(device_type=f.device.type, enabled=False):
+        return F.normalize(f.float().reshape(f.shape[0], -1), dim=1)
+
+
+def ft_loss(factor_s: torch.Tensor, factor_t: torch.Tensor, p: int = 1) -> torch.Tensor:
+    """Factor transfer: `mean |F(s) − F(t)|` (p = 1, the benchmark's setting) or `mean (F(s) − F(t))^p`.
+
+    `factor_s` is the translator's output, `factor_t` the paraphraser's encoding of the teacher map (both
+    (B, C, H, W) with equal channels; the larger is pooled), F = `factor`.
+    """
+    _check_maps("FT", factor_s, factor_t, same_channels=True)
+    factor_s, factor_t = pool_to_common_size(factor_s, factor_t.detach())
+    diff = factor(factor_s) - factor(factor_t)
+    return diff.abs().mean() if p == 1 else diff.pow(p).mean()

@@ -1,0 +1,135 @@
+"""Logit distillation losses: KD, DKD and logit standardisation (pure functions, float32, teacher detached).
+
+* KD: Hinton et al. 2015, `rrd_hf.losses.kd_loss` (KL · T², batch mean).
+* DKD: Zhao et al., "Decoupled Knowledge Distillation", CVPR 2022 (megvii-research/mdistiller `DKD.py`):
+  `alpha · TCKD + beta · NCKD`, times a linear warm-up factor `min(epoch / 20, 1)`.
+* Logit standardisation: Sun et al., "Logit Standardization in Knowledge Distillation", CVPR 2024
+  (sunshangquan/logit-standardization-KD): each logit vector is z-scored, `(z − mean) / (std + 1e-7)` with the
+  unbiased standard deviation (`torch.std` default), before the temperature softmax. Usable in KD and in DKD.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..losses import _check_temperature, kd_loss
+
+__all__ = [
+    "kd_loss",
+    "standardize_logits",
+    "kd_ls_loss",
+    "dkd_terms",
+    "dkd_loss",
+    "dkd_warmup_factor",
+]
+
+
+def _check_logits(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> None:
+    if student_logits.dim() != 2 or student_logits.shape != teacher_logits.shape:
+        raise ValueError(
+            f"student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} must both "
+            "be (batch, classes) with the same shape: teacher and student must predict the same label set."
+        )
+    if student_logits.shape[1] < 2:
+        raise ValueError(f"logit distillation needs at least 2 classes, got {student_logits.shape[1]}.")
+
+
+def standardize_logits(logits: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """Z-score every row: `(z − mean(z)) / (std(z) + eps)`, unbiased std, in float32 (Sun et al. 2024, `normalize`)."""
+    if logits.dim() != 2 or logits.shape[1] < 2:
+        raise ValueError(f"logits must be (batch, classes) with at least 2 classes, got {tuple(logits.shape)}.")
+    with torch.autocast(device_type=logits.device.type, enabled=False):
+        logits = logits.float()
+        mean = logits.mean(dim=1, keepdim=True)
+        std = logits.std(dim=1, keepdim=True)
+        return (logits - mean) / (std + eps)
+
+
+def kd_ls_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 2.0) -> torch.Tensor:
+    """KD on standardised logits: `kd_loss(standardize(s), standardize(t), T)`; invariant to shifting/scaling either."""
+    _check_logits(student_logits, teacher_logits)
+    return kd_loss(standardize_logits(student_logits), standardize_logits(teacher_logits.detach()), temperature)
+
+
+def _binary_log_probs(log_probs: torch.Tensor, target_mask: torch.Tensor) -> torch.Tensor:
+    """(B, 2) log of [p_target, 1 − p_target] from full log-probabilities, without leaving log space."""
+    log_target = log_probs.masked_select(target_mask).view(-1, 1)
+    log_other = log_probs.masked_fill(target_mask, float("-inf")).logsumexp(dim=1, keepdim=True)
+    return torch.cat([log_target, log_other], dim=1)
+
+
+def dkd_terms(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor,
+    temperature: float = 4.0,
+    logit_standardization: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """DKD's two parts `(TCKD, NCKD)`, each `KL(teacher ‖ student) · T²` summed over classes and averaged over the batch.
+
+    * TCKD: KL between the binary distributions `[p_gt, 1 − p_gt]` of teacher and student (softmax at T).
+    * NCKD: KL between the softmaxes at T over the non-target classes only (the target class removed).
+
+    Mathematically equal to mdistiller's `dkd_loss` (which masks the target with `−1000` and takes `log` of
+    probabilities); this version stays in log space, so it never takes `log(0)`.
+    """
+    _check_logits(student_logits, teacher_logits)
+    _check_temperature("dkd temperature", temperature)
+    batch, classes = student_logits.shape
+    if labels is None:
+        raise ValueError("DKD needs the ground-truth labels of the batch (labels=...).")
+    if labels.shape != (batch,) or labels.dtype.is_floating_point or labels.dtype == torch.bool:
+        raise ValueError(f"labels must be integer class ids of shape ({batch},), got {tuple(labels.shape)} {labels.dtype}.")
+    if batch and (int(labels.min()) < 0 or int(labels.max()) >= classes):
+        raise ValueError(f"labels must be in [0, {classes}), got min {int(labels.min())}, max {int(labels.max())}.")
+    with torch.autocast(device_type=student_logits.device.type, enabled=False):
+        s, t = student_logits.float(), teacher_logits.detach().float()
+        if logit_standardization:
+            s, t = standardize_logits(s), standardize_logits(t)
+        target_mask = F.one_hot(labels.long().to(s.device), classes).bool()
+        log_p_s = F.log_softmax(s / temperature, dim=1)
+        log_p_t = F.log_softmax(t / temperature, dim=1)
+        tckd = F.kl_div(
+            _binary_log_probs(log_p_s, target_mask), _binary_log_probs(log_p_t, target_mask),
+            reduction="sum", log_target=True,
+        )
+        others = ~target_mask
+        s_other = s.masked_select(others).view(batch, classes - 1)
+        t_other = t.masked_select(others).view(batch, classes - 1)
+        nckd = F.kl_div(
+            F.log_softmax(s_other / temperature, dim=1), F.log_softmax(t_other / temperature, dim=1),
+            reduction="sum", log_target=True,
+        )
+        scale = temperature**2 / max(batch, 1)
+        return tckd * scale, nckd * scale
+
+
+def dkd_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor,
+    alpha: float = 1.0,
+    beta: float = 8.0,
+    temperature: float = 4.0,
+    warmup_factor: float = 1.0,
+    logit_standardization: bool = False,
+) -> torch.Tensor:
+    """`warmup_factor · (alpha · TCKD + beta · NCKD)`; CIFAR defaults alpha=1, beta=8, T=4 (mdistiller `cfg.DKD`).
+
+    `warmup_factor` is mdistiller's `min(epoch / warmup, 1)` (see `dkd_warmup_factor`). With
+    `logit_standardization=True` this is "DKD+LS" (both logit vectors z-scored first).
+    """
+    if not 0.0 <= warmup_factor:
+        raise ValueError(f"warmup_factor must be >= 0, got {warmup_factor}.")
+    tckd, nckd = dkd_terms(student_logits, teacher_logits, labels, temperature, logit_standardization)
+    return warmup_factor * (alpha * tckd + beta * nckd)
+
+
+def dkd_warmup_factor(epoch: float, warmup_epochs: float = 20.0) -> float:
+    """mdistiller's DKD warm-up: `min(epoch / warmup_epochs, 1)` with a **1-based** epoch (0.05 in epoch 1 of 20)."""
+    if epoch < 0:
+        raise ValueError(f"epoch must be >= 0, got {epoch}.")
+    if warmup_epochs <= 0:
+        return 1.0
+    return float(min(epoch / warmup_epochs, 1.0))

@@ -1,0 +1,145 @@
+"""Relational (sample-to-sample) distillation losses of the CRD benchmark, as pure functions (float32, teacher detached).
+
+* SP (Tung & Mori 2019): `sp_loss`, row-normalised Gram matrices of the flattened maps.
+* CC (Peng et al. 2019): `cc_loss`. Default `kernel="repdistiller"` is the form in RepDistiller `CC.py`, which
+  produced the benchmark numbers with weight 0.02: `mean_i Σ_d |e_s − e_t|_i,d · |e_s − e_t|_{i+1},d` over
+  consecutive samples of the batch. `kernel="gaussian"` is the paper's correlation congruence with the Gaussian RBF
+  kernel approximated by its order-P Taylor series (γ = 0.4, P = 2, as in torchdistill's CCKD configs):
+  `‖K(e_s) − K(e_t)‖²_F / B²`, `K_ij = e^{−2γ} Σ_{p≤P} (2γ)^p / p! (e_iᵀ e_j)^p` on L2-normalised embeddings.
+* RKD (Park et al. 2019): `rkd_loss`, distance (weight 25) + angle (weight 50), smooth-L1.
+* PKT (Passalis & Tefas 2018): `pkt_loss`, cosine-kernel conditional probabilities, KL.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["sp_loss", "cc_loss", "rkd_pdist", "rkd_loss", "pkt_loss", "CC_KERNELS"]
+
+CC_KERNELS = ("repdistiller", "gaussian")
+
+
+def _check_pair(name: str, f_s: torch.Tensor, f_t: torch.Tensor, same_dim: bool = False) -> None:
+    if f_s.dim() < 2 or f_t.dim() < 2 or f_s.shape[0] != f_t.shape[0]:
+        raise ValueError(
+            f"{name} needs student and teacher tensors with the same batch size (B, ...), got {tuple(f_s.shape)} "
+            f"and {tuple(f_t.shape)}."
+        )
+    if f_s.shape[0] < 2:
+        raise ValueError(f"{name} relates samples to each other and needs a batch of at least 2, got {f_s.shape[0]}.")
+    if same_dim and f_s.flatten(1).shape[1] != f_t.flatten(1).shape[1]:
+        raise ValueError(
+            f"{name} compares the vectors directly and needs equal dimensions, got {f_s.flatten(1).shape[1]} and "
+            f"{f_t.flatten(1).shape[1]}: embed both into the same dimension first."
+        )
+
+
+def sp_loss(f_s: torch.Tensor, f_t: torch.Tensor) -> torch.Tensor:
+    """Similarity preserving: `‖normalize_rows(G_t) − normalize_rows(G_s)‖²_F / B²`, `G = f fᵀ` of flattened maps."""
+    _check_pair("SP", f_s, f_t)
+    with torch.autocast(device_type=f_s.device.type, enabled=False):
+        batch = f_s.shape[0]
+        s = f_s.float().reshape(batch, -1)
+        t = f_t.detach().float().reshape(batch, -1)
+        g_s = F.normalize(s @ s.t(), dim=1)
+        g_t = F.normalize(t @ t.t(), dim=1)
+        return (g_t - g_s).pow(2).sum() / (batch * batch)
+
+
+def _taylor_rbf(e: torch.Tensor, gamma: float, max_order: int) -> torch.Tensor:
+    dots = e @ e.t()
+    kernel = torch.ones_like(dots)
+    for p in range(1, max_order + 1):
+        kernel = kernel + (2 * gamma) ** p / math.factorial(p) * dots.pow(p)
+    return kernel * math.exp(-2 * gamma)
+
+
+def cc_loss(
+    e_s: torch.Tensor,
+    e_t: torch.Tensor,
+    kernel: str = "repdistiller",
+    gamma: float = 0.4,
+    max_order: int = 2,
+) -> torch.Tensor:
+    """Correlation congruence of the (embedded) student and teacher vectors, see the module docstring.
+
+    `e_t` is the *trainable* teacher embedding in RepDistiller (its `embed_t` is optimised), so it is not detached
+    here; detach the teacher's features before embedding them.
+    """
+    if kernel not in CC_KERNELS:
+        raise ValueError(f"CC kernel must be one of {CC_KERNELS}, got {kernel!r}.")
+    _check_pair("CC", e_s, e_t, same_dim=kernel == "repdistiller")
+    with torch.autocast(device_type=e_s.device.type, enabled=False):
+        s, t = e_s.float().flatten(1), e_t.float().flatten(1)
+        if kernel == "repdistiller":
+            delta = (s - t).abs()
+            return (delta[:-1] * delta[1:]).sum(1).mean()
+        batch = s.shape[0]
+        k_s = _taylor_rbf(F.normalize(s, dim=1), gamma, max_order)
+        k_t = _taylor_rbf(F.normalize(t, dim=1), gamma, max_order)
+        return (k_s - k_t).pow(2).sum() / (batch * batch)
+
+
+def rkd_pdist(e: torch.Tensor, squared: bool = False, eps: float = 1e-12) -> torch.Tensor:
+    """Pairwise Euclidean distances as RepDistiller computes them (clamped at eps, zero diagonal)."""
+    e_square = e.pow(2).sum(dim=1)
+    prod = e @ e.t()
+    res = (e_square.unsqueeze(1) + e_square.unsqueeze(0) - 2 * prod).clamp(min=eps)
+    if not squared:
+        res = res.sqrt()
+    off_diagonal = ~torch.eye(e.shape[0], dtype=torch.bool, device=e.device)
+    return res * off_diagonal
+
+
+def _normalised_distances(e: torch.Tensor) -> torch.Tensor:
+    d = rkd_pdist(e)
+    return d / d[d > 0].mean()
+
+
+def _angles(e: torch.Tensor) -> torch.Tensor:
+    diff = e.unsqueeze(0) - e.unsqueeze(1)  # diff[i, j] = e_j − e_i
+    unit = F.normalize(diff, p=2, dim=2)
+    return torch.bmm(unit, unit.transpose(1, 2)).reshape(-1)
+
+
+def rkd_loss(
+    f_s: torch.Tensor, f_t: torch.Tensor, distance_weight: float = 25.0, angle_weight: float = 50.0
+) -> torch.Tensor:
+    """Relational KD: `w_d · smoothL1(ψ_D(s), ψ_D(t)) + w_a · smoothL1(ψ_A(s), ψ_A(t))` (RepDistiller `RKDLoss`).
+
+    ψ_D: pairwise distances divided by their mean over nonzero entries; ψ_A: cosines of the angles ∠(e_j − e_i,
+    e_k − e_i) over all triplets. Smooth-L1 with beta = 1, mean reduction.
+    """
+    _check_pair("RKD", f_s, f_t)
+    with torch.autocast(device_type=f_s.device.type, enabled=False):
+        s = f_s.float().reshape(f_s.shape[0], -1)
+        t = f_t.detach().float().reshape(f_t.shape[0], -1)
+        with torch.no_grad():
+            t_d, t_angle = _normalised_distances(t), _angles(t)
+        loss_d = F.smooth_l1_loss(_normalised_distances(s), t_d)
+        loss_a = F.smooth_l1_loss(_angles(s), t_angle)
+        return distance_weight * loss_d + angle_weight * loss_a
+
+
+def pkt_loss(f_s: torch.Tensor, f_t: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """Probabilistic knowledge transfer with the cosine kernel (RepDistiller `PKT.cosine_similarity_loss`).
+
+    `K = (cos + 1) / 2` between all pairs in the batch, rows normalised to conditional probabilities, then
+    `mean_ij P_t log((P_t + eps) / (P_s + eps))` (a mean over B² entries, as the reference).
+    """
+    _check_pair("PKT", f_s, f_t)
+    with torch.autocast(device_type=f_s.device.type, enabled=False):
+
+        def conditional(x: torch.Tensor) -> torch.Tensor:
+            x = x.reshape(x.shape[0], -1)
+            x = x / (x.pow(2).sum(dim=1, keepdim=True).sqrt() + eps)
+            x = torch.nan_to_num(x, nan=0.0)  # the reference zeroes NaNs (in place)
+            sim = (x @ x.t() + 1.0) / 2.0
+            return sim / sim.sum(dim=1, keepdim=True)
+
+        p_s = conditional(f_s.float())
+        p_t = conditional(f_t.detach().float())
+        return (p_t * torch.log((p_t + eps) / (p_s + eps))).mean()

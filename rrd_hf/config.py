@@ -64,7 +64,16 @@ class RRDConfig(TrainingArguments):
             each listed epoch (CIFAR protocol: 150 180 210). Replaces `lr_scheduler_type` when set.
         decay_all_parameters (`bool`, defaults to False): apply weight decay to every parameter, BatchNorm and
             biases included, as the CIFAR benchmark code does (`SGD(model.parameters(), weight_decay=...)`).
+        distill_method (`str`, *optional*): another distillation loss by name (`rrd_hf.methods.METHODS`: `dkd`,
+            `kd_ls`, `dkd_ls`, `crd`, `fitnet`, `at`, `sp`, `cc`, `vid`, `rkd`, `pkt`, `ab`, `ft`, `fsp`, `nst`, ...),
+            added as `distill_weight · loss` to the terms above: e.g. CRD alone (`rrd_weight=0`), CRD+KD, or RRD+DKD.
+        distill_weight (`float`, *optional*): its weight; default the benchmark's weight of that method.
+        distill_kwargs (`dict` or JSON `str`, *optional*): keyword arguments of the method (e.g. `{"beta": 8}`).
+        init_epochs (`int`, *optional*): epochs of the initialisation stage of two-stage methods (AB, FT, FSP, and
+            FitNet's hint stage when enabled); default the method's (30 in the benchmark code); 0 skips it.
     """
+
+    _VALID_DICT_FIELDS = TrainingArguments._VALID_DICT_FIELDS + ["distill_kwargs"]
 
     rrd_preset: str = field(
         default="published",
@@ -114,6 +123,18 @@ class RRDConfig(TrainingArguments):
     decay_all_parameters: bool = field(
         default=False, metadata={"help": "Weight decay on every parameter, norms and biases included (CIFAR protocol)."}
     )
+    distill_method: str | None = field(
+        default=None, metadata={"help": "Another distillation loss by name (dkd, crd, fitnet, at, ...), see rrd_hf.methods."}
+    )
+    distill_weight: float | None = field(
+        default=None, metadata={"help": "Weight of distill_method's loss (default: the benchmark's weight)."}
+    )
+    distill_kwargs: dict | str | None = field(
+        default=None, metadata={"help": "Keyword arguments of distill_method, as a dict or a JSON string."}
+    )
+    init_epochs: int | None = field(
+        default=None, metadata={"help": "Init-stage epochs of two-stage methods (default the method's; 0 skips it)."}
+    )
     # Changed TrainingArguments defaults: the trainer computes its losses itself and needs the raw columns.
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Kept False: transforms need the raw columns, the loss needs `index`."}
@@ -152,8 +173,13 @@ class RRDConfig(TrainingArguments):
         for name, value in weights.items():
             if value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value}. Use 0 to switch a loss term off.")
+        self._resolve_method()
+        if self.distill_method is not None:
+            weights["distill_weight"] = self.distill_weight
+        if self.distill_weight is not None and self.distill_weight < 0:
+            raise ValueError(f"distill_weight must be >= 0, got {self.distill_weight}. Use 0 to switch it off.")
         if all(value == 0 for value in weights.values()):
-            raise ValueError("ce_weight, kd_weight and rrd_weight are all 0: nothing to train. Set at least one > 0.")
+            raise ValueError("every loss weight is 0: nothing to train. Set at least one of them > 0.")
         for name in ("student_temperature", "teacher_temperature", "kd_temperature"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}.")
@@ -181,6 +207,27 @@ class RRDConfig(TrainingArguments):
             if any(v <= 0 for v in getattr(self, f"{side}_image_std") or []):
                 raise ValueError(f"{side}_image_std values must be > 0.")
 
+    def _resolve_method(self) -> None:
+        if self.distill_method is None:
+            return
+        from .methods import METHODS
+
+        key = str(self.distill_method).strip().lower().replace("-", "_")
+        if key not in METHODS:
+            raise ValueError(f"unknown distill_method {self.distill_method!r}: choose one of {', '.join(sorted(METHODS))}.")
+        self.distill_method = key
+        if self.distill_weight is None:
+            self.distill_weight = float(METHODS[key].default_weight)
+        if isinstance(self.distill_kwargs, str):
+            import json
+
+            try:
+                self.distill_kwargs = json.loads(self.distill_kwargs) if self.distill_kwargs.strip() else {}
+            except json.JSONDecodeError as error:
+                raise ValueError(f"distill_kwargs must be a JSON object, got {self.distill_kwargs!r}: {error}") from None
+        if self.init_epochs is not None and self.init_epochs < 0:
+            raise ValueError(f"init_epochs must be >= 0, got {self.init_epochs}.")
+
     def check_memory_size(self, world_size: int) -> None:
         """The memory must hold at least one global batch, or a single step would overwrite all of it."""
         if self.rrd_weight == 0 or self.memory_type != "fifo":
@@ -195,7 +242,7 @@ class RRDConfig(TrainingArguments):
 
     @property
     def needs_teacher(self) -> bool:
-        return self.kd_weight > 0 or self.rrd_weight > 0
+        return self.kd_weight > 0 or self.rrd_weight > 0 or self.distill_method is not None
 
     @classmethod
     def from_preset(cls, preset: str, **kwargs) -> "RRDConfig":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 from collections import defaultdict
@@ -85,15 +86,36 @@ def _memory_slots(train_dataset) -> int:
     return len(train_dataset)
 
 
-class _ZeroRRDGradients(TrainerCallback):
-    """Trainer zeroes only the student's gradients (`model.zero_grad()`): clear the head's at every step's start,
-    or they would accumulate across optimizer steps."""
+def _dataset_labels(train_dataset, num_slots: int) -> torch.Tensor | None:
+    """The label of every dataset index (CRD draws its negatives from other classes), when cheaply readable."""
+    labels = getattr(train_dataset, "labels", None)
+    index = getattr(train_dataset, "index", None)
+    if not (isinstance(labels, torch.Tensor) and isinstance(index, torch.Tensor)):
+        column_names = getattr(train_dataset, "column_names", None) or []
+        if not {"label", "index"} <= set(column_names) and not {"labels", "index"} <= set(column_names):
+            return None
+        table = train_dataset.with_format("numpy")
+        labels = torch.as_tensor(table["label" if "label" in column_names else "labels"])
+        index = torch.as_tensor(table["index"])
+    out = torch.full((num_slots,), -1, dtype=torch.long)
+    out[index.long()] = labels.long()
+    return out
 
-    def __init__(self, rrd: nn.Module):
-        self.rrd = rrd
+
+class _DistillerCallback(TrainerCallback):
+    """Trainer zeroes only the student's gradients (`model.zero_grad()`): clear the distillation modules' at every
+    step's start, or they would accumulate across optimizer steps; and tell them the epoch (DKD's warm-up)."""
+
+    def __init__(self, modules: nn.ModuleDict):
+        self.modules = modules
 
     def on_step_begin(self, args, state, control, **kwargs):
-        self.rrd.zero_grad(set_to_none=True)
+        self.modules.zero_grad(set_to_none=True)
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        for module in self.modules.values():
+            if hasattr(module, "set_epoch"):
+                module.set_epoch(int(round(state.epoch or 0)) + 1)
 
 
 class RRDTrainer(Trainer):
@@ -178,17 +200,26 @@ class RRDTrainer(Trainer):
 
         self.teacher = None
         self.teacher_input_adapter = None
+        # Trainable/stateful parts of the losses: optimised with the student, checkpointed, DDP-synchronised.
+        self.distillers = nn.ModuleDict()
         self.rrd: RRDLoss | None = None
-        self._rrd_wrapped: nn.Module | None = None
+        self.method = None
+        self._wrapped: dict[str, nn.Module] = {}
         self._student_tap = self._teacher_tap = None
+        self._init_stage_done = False
         if teacher is not None:
             self.teacher = teacher.eval().requires_grad_(False).to(self.args.device)
             self.teacher_input_adapter = self._build_teacher_input_adapter(processing_class).to(self.args.device)
-        if self.args.rrd_weight > 0:
+        if self.args.rrd_weight > 0 or self.args.distill_method is not None:
             self._student_tap = FeatureTap(self.model, self.args.student_feature_module)
             self._teacher_tap = FeatureTap(self.teacher, self.args.teacher_feature_module)
-            self.rrd = self._build_rrd(train_dataset).to(self.args.device)
-            self.add_callback(_ZeroRRDGradients(self.rrd))
+        if self.args.rrd_weight > 0:
+            self.rrd = self.distillers["rrd"] = self._build_rrd(train_dataset)
+        if self.args.distill_method is not None:
+            self.method = self.distillers[self.args.distill_method] = self._build_method(train_dataset)
+        if len(self.distillers):
+            self.distillers.to(self.args.device)
+            self.add_callback(_DistillerCallback(self.distillers))
 
     # ----------------------------------------------------------------------------------------------- construction
 
@@ -230,6 +261,60 @@ class RRDTrainer(Trainer):
                 seed=args.seed,
             )
 
+    def _build_method(self, train_dataset):
+        from .methods import METHODS, build_method
+
+        args = self.args
+        cls = METHODS[args.distill_method]
+        if cls.needs_preact:
+            for role, model in (("student", self.model), ("teacher", self.teacher)):
+                if "preact" not in inspect.signature(model.forward).parameters:
+                    raise ValueError(
+                        f"{args.distill_method} needs pre-activation feature maps (forward(..., preact=True)), which "
+                        f"the {role} {type(model).__name__} does not provide; rrd_hf.models architectures do."
+                    )
+        kwargs = dict(args.distill_kwargs or {})
+        num_samples = None
+        if cls.needs_index:
+            num_samples = _memory_slots(train_dataset)
+            if args.distill_method == "crd" and "dataset_labels" not in kwargs:
+                kwargs["dataset_labels"] = _dataset_labels(train_dataset, num_samples)
+            kwargs.setdefault("seed", args.seed) if args.distill_method == "crd" else None
+        student_example, teacher_example = self._example_outputs(train_dataset, cls)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(args.seed)
+            method = build_method(args.distill_method, student_example, teacher_example, num_samples=num_samples, **kwargs)
+        method.process_index = self.args.process_index
+        return method
+
+    @torch.no_grad()
+    def _example_outputs(self, train_dataset, method_cls):
+        """Outputs of both models on a dummy batch shaped like the training data (eval mode: BN untouched)."""
+        from .methods import ModelOutputs
+
+        if train_dataset is None or not len(train_dataset):
+            raise ValueError(f"distill_method={self.args.distill_method!r} needs a train_dataset to infer its shapes.")
+        sample = torch.as_tensor(train_dataset[0]["pixel_values"])
+        pixel_values = torch.zeros((2, *sample.shape), dtype=sample.dtype, device=self.args.device)
+        if self.batch_transform is not None:
+            pixel_values = self.batch_transform(pixel_values, False)
+        pixel_values = pixel_values.float()
+        examples = []
+        for model, tap, adapt in ((self.model, self._student_tap, None), (self.teacher, self._teacher_tap, self.teacher_input_adapter)):
+            was_training = model.training
+            model.eval()
+            output = model(pixel_values=adapt(pixel_values) if adapt is not None else pixel_values,
+                           **self._forward_kwargs(method_cls))
+            model.train(was_training)
+            examples.append(ModelOutputs(output.logits, tap.pop(), getattr(output, "hidden_states", None)))
+        return examples
+
+    @staticmethod
+    def _forward_kwargs(method_cls) -> dict:
+        if method_cls is None or not method_cls.needs_hidden_states:
+            return {}
+        return {"output_hidden_states": True, **({"preact": True} if method_cls.needs_preact else {})}
+
     def _build_teacher_input_adapter(self, processing_class) -> TeacherInputAdapter:
         args = self.args
         teacher_stats = image_stats_from_pretrained(getattr(self.teacher, "name_or_path", None)) or ImageStats()
@@ -261,33 +346,38 @@ class RRDTrainer(Trainer):
         return inputs
 
     @torch.no_grad()
-    def _teacher_logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def _teacher_forward(self, pixel_values: torch.Tensor, **kwargs):
         if self.teacher.training:  # someone called .train() on it: the teacher's BN statistics must never move
             self.teacher.eval()
         with self.accelerator.autocast():
-            return self.teacher(pixel_values=self.teacher_input_adapter(pixel_values)).logits
+            return self.teacher(pixel_values=self.teacher_input_adapter(pixel_values), **kwargs)
 
-    def _rrd_module(self) -> nn.Module:
-        """The RRD module, DDP-wrapped under data parallelism so the student head's gradients are all-reduced."""
-        if self._rrd_wrapped is None:
-            if self.accelerator.num_processes > 1 and torch.distributed.is_initialized():
-                # The memory is kept identical by gathering keys, not by DDP: exclude it from buffer broadcasts.
-                ignored = [f"memory.{name}" for name, _ in self.rrd.memory.named_buffers()]
-                DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self.rrd, ignored)
-                device_ids = [self.args.device.index] if self.args.device.type == "cuda" else None
-                self._rrd_wrapped = DistributedDataParallel(
-                    self.rrd, device_ids=device_ids, broadcast_buffers=False, find_unused_parameters=False
+    def _distiller(self, name: str) -> nn.Module:
+        """`self.distillers[name]`, DDP-wrapped under data parallelism so its gradients are all-reduced."""
+        if name not in self._wrapped:
+            module = self.distillers[name]
+            module.gather = self.accelerator.gather
+            trainable = any(p.requires_grad for p in module.parameters())
+            if trainable and self.accelerator.num_processes > 1 and torch.distributed.is_initialized():
+                # Memories are kept identical by gathering keys, not by DDP: no buffer broadcasts. Inputs are
+                # already on the device (device_ids=None: DDP does not move them).
+                buffers = [buffer_name for buffer_name, _ in module.named_buffers()]
+                DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, buffers)
+                self._wrapped[name] = DistributedDataParallel(
+                    module, device_ids=None, broadcast_buffers=False, find_unused_parameters=False
                 )
             else:
-                self._rrd_wrapped = self.rrd
-            self.rrd.gather = self.accelerator.gather
-        return self._rrd_wrapped
+                self._wrapped[name] = module
+        return self._wrapped[name]
+
+    def _method_forward_kwargs(self) -> dict:
+        return self._forward_kwargs(type(self.method) if self.method is not None else None)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs["labels"]
         indices = inputs.get("index")
         model_inputs = {k: v for k, v in inputs.items() if k not in _BATCH_ONLY_KEYS}
-        outputs = model(**model_inputs)
+        outputs = model(**model_inputs, **(self._method_forward_kwargs() if model.training else {}))
         logits = outputs.logits
         ce = F.cross_entropy(logits.float(), labels, label_smoothing=self.args.label_smoothing_factor)
 
@@ -300,17 +390,87 @@ class RRDTrainer(Trainer):
         terms = {"loss_ce": ce}
         loss = args.ce_weight * ce
         if self.teacher is not None:
-            teacher_logits = self._teacher_logits(model_inputs["pixel_values"])
+            teacher_outputs = self._teacher_forward(model_inputs["pixel_values"], **self._method_forward_kwargs())
+            teacher_logits = teacher_outputs.logits
             if args.kd_weight > 0:
                 terms["loss_kd"] = kd_loss(logits, teacher_logits, args.kd_temperature)
                 loss = loss + args.kd_weight * terms["loss_kd"]
+            if self._student_tap is not None:
+                student_features, teacher_features = self._student_tap.pop(), self._teacher_tap.pop()
             if self.rrd is not None:
                 self.rrd.train()
-                terms["loss_rrd"] = self._rrd_module()(self._student_tap.pop(), self._teacher_tap.pop(), indices)
+                terms["loss_rrd"] = self._distiller("rrd")(student_features, teacher_features, indices)
                 loss = loss + args.rrd_weight * terms["loss_rrd"]
+            if self.method is not None and self.method.main_stage_loss:
+                from .methods import ModelOutputs
+
+                self.method.train()
+                student = ModelOutputs(logits, student_features, getattr(outputs, "hidden_states", None))
+                teacher = ModelOutputs(teacher_logits, teacher_features, getattr(teacher_outputs, "hidden_states", None))
+                name = args.distill_method
+                terms[f"loss_{name}"] = self._distiller(name)(student, teacher, index=indices, labels=labels)
+                loss = loss + args.distill_weight * terms[f"loss_{name}"]
         for name, value in terms.items():
             self._loss_terms[name].append(value.detach().float())
         return (loss, outputs) if return_outputs else loss
+
+    def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
+        # Two-stage methods (AB, FT, FSP, ...) first train their init-stage parameters on their own loss. A resumed
+        # run skips it: the checkpoint already holds its result.
+        method = self.method
+        if method is not None and method.init_stage is not None and not resume_from_checkpoint and not self._init_stage_done:
+            epochs = self.args.init_epochs if self.args.init_epochs is not None else method.init_stage.epochs
+            if epochs > 0:
+                self._run_init_stage(epochs)
+            self._init_stage_done = True
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial,
+                             ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
+
+    def _run_init_stage(self, epochs: int) -> None:
+        """RepDistiller's `init()`: SGD (momentum 0.9) on the method's loss alone, teacher in eval mode."""
+        from tqdm.auto import tqdm
+
+        from .methods import ModelOutputs
+
+        method, stage, args = self.method, self.method.init_stage, self.args
+        params = method.begin_init_stage(self.model)
+        optimizer = torch.optim.SGD(params, lr=stage.learning_rate or args.learning_rate, momentum=0.9,
+                                    weight_decay=args.weight_decay)
+        loader = self.get_train_dataloader()
+        forward_kwargs = self._method_forward_kwargs()
+        world_size = self.accelerator.num_processes
+        try:
+            self.model.train(stage.trains_student)
+            method.train()
+            for epoch in range(epochs):
+                total, batches = torch.zeros((), device=self.args.device), 0
+                description = f"{args.distill_method} init stage {epoch + 1}/{epochs}"
+                for batch in tqdm(loader, desc=description, disable=args.disable_tqdm or not self.is_local_process_zero()):
+                    inputs = Trainer._prepare_inputs(self, batch)
+                    pixel_values = inputs["pixel_values"]
+                    if self.batch_transform is not None:
+                        pixel_values = self.batch_transform(pixel_values, True)
+                    with self.accelerator.autocast():
+                        output = self.model(pixel_values=pixel_values, **forward_kwargs)
+                    student = ModelOutputs(output.logits, self._student_tap.pop(), getattr(output, "hidden_states", None))
+                    teacher_output = self._teacher_forward(pixel_values, **forward_kwargs)
+                    teacher = ModelOutputs(teacher_output.logits, self._teacher_tap.pop(),
+                                           getattr(teacher_output, "hidden_states", None))
+                    loss = method(student, teacher, index=inputs.get("index"), labels=inputs.get("labels"))
+                    loss.backward()
+                    if world_size > 1:  # keep the processes identical, as DDP would
+                        for param in params:
+                            if param.grad is not None:
+                                torch.distributed.all_reduce(param.grad)
+                                param.grad /= world_size
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    total, batches = total + loss.detach().float(), batches + 1
+                mean = self.accelerator.reduce(total / max(batches, 1), reduction="mean").item()
+                self.log({"init_stage_loss": mean, "init_stage_epoch": epoch + 1})
+        finally:
+            method.end_init_stage()
+            self.model.zero_grad(set_to_none=True)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         # Training logs get the mean of each loss term since the last log, averaged over processes.
@@ -324,9 +484,9 @@ class RRDTrainer(Trainer):
     # ----------------------------------------------------------------------------------------------- optimisation
 
     def create_optimizer(self, model=None):
-        if self.optimizer is None and self.rrd is not None:
-            # One optimizer for student and head: same LR schedule, same fp16 unscaling, resumable as one state.
-            container = nn.ModuleDict({"student": model if model is not None else self.model, "rrd": self.rrd})
+        if self.optimizer is None and len(self.distillers):
+            # One optimizer for student and heads: same LR schedule, same fp16 unscaling, resumable as one state.
+            container = nn.ModuleDict({"student": model if model is not None else self.model, "distill": self.distillers})
             return super().create_optimizer(container)
         return super().create_optimizer(model)
 
@@ -336,9 +496,9 @@ class RRDTrainer(Trainer):
         return super().get_decay_parameter_names(model)
 
     def _clip_grad_norm(self, model):
-        if self.rrd is None:
+        if not len(self.distillers):
             return super()._clip_grad_norm(model)
-        parameters = [*model.parameters(), *(p for p in self.rrd.parameters() if p.requires_grad)]
+        parameters = [*model.parameters(), *(p for p in self.distillers.parameters() if p.requires_grad)]
         return self.accelerator.clip_grad_norm_(parameters, self.args.max_grad_norm)
 
     def set_initial_training_values(self, args, dataloader):
@@ -364,25 +524,25 @@ class RRDTrainer(Trainer):
 
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
         super()._save_optimizer_and_scheduler(output_dir)
-        if self.rrd is not None and self.args.should_save:
-            state = {name: tensor.detach().cpu().contiguous() for name, tensor in self.rrd.state_dict().items()}
+        if len(self.distillers) and self.args.should_save:
+            state = {name: tensor.detach().cpu().contiguous() for name, tensor in self.distillers.state_dict().items()}
             save_file(state, os.path.join(output_dir, RRD_STATE_NAME), metadata={"format": "pt"})
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         super()._load_optimizer_and_scheduler(checkpoint)
-        if checkpoint is None or self.rrd is None:
+        if checkpoint is None or not len(self.distillers):
             return
         path = os.path.join(checkpoint, RRD_STATE_NAME)
         if not os.path.isfile(path):
             raise FileNotFoundError(
-                f"{checkpoint} has no {RRD_STATE_NAME}: it was not written by RRDTrainer with rrd_weight > 0, so the "
-                "projection heads and the teacher memory cannot be restored and the resumed run would differ from an "
+                f"{checkpoint} has no {RRD_STATE_NAME}: it was not written by RRDTrainer with these losses, so the "
+                "projection heads and memories cannot be restored and the resumed run would differ from an "
                 "uninterrupted one. Resume from a checkpoint of this run, or start a new run (resume_from_checkpoint=None)."
             )
         try:
-            self.rrd.load_state_dict(load_file(path, device=str(self.args.device)))
+            self.distillers.load_state_dict(load_file(path, device=str(self.args.device)))
         except RuntimeError as error:
             raise RuntimeError(
-                f"{path} does not match this run's RRD setup (embedding_dim, memory_size, memory_type or the feature "
-                f"sizes changed): {error}"
+                f"{path} does not match this run's distillation setup (losses, embedding_dim, memory_size, "
+                f"memory_type or the feature sizes changed): {error}"
             ) from error

@@ -290,7 +290,7 @@ def test_momentum_memory_needs_the_index_column(tmp_path):
         (dict(kd_temperature=0.0), "kd_temperature must be > 0"),
         (dict(memory_size=4), "smaller than the global batch"),
         (dict(kd_weight=-1.0), "kd_weight must be >= 0"),
-        (dict(ce_weight=0.0, rrd_weight=0.0), "all 0"),
+        (dict(ce_weight=0.0, rrd_weight=0.0), "every loss weight is 0"),
         (dict(rrd_preset="nope"), "unknown rrd_preset"),
         (dict(enqueue="sideways"), "enqueue must be one of"),
         (dict(memory_type="lifo"), "memory_type must be one of"),

@@ -118,6 +118,17 @@ class _DistillerCallback(TrainerCallback):
                 module.set_epoch(int(round(state.epoch or 0)) + 1)
 
 
+class _InitStageHistory(TrainerCallback):
+    """`train()` starts a fresh `TrainerState`: put the init stage's per-epoch losses at the front of its history."""
+
+    def __init__(self, history: list[dict]):
+        self.history = history
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if self.history and not any("init_stage_loss" in log for log in state.log_history):
+            state.log_history[:0] = [{**log, "step": 0} for log in self.history]
+
+
 class RRDTrainer(Trainer):
     """Distil a frozen `teacher_model` into `model` (the student) with Relational Representation Distillation.
 
@@ -207,6 +218,7 @@ class RRDTrainer(Trainer):
         self._wrapped: dict[str, nn.Module] = {}
         self._student_tap = self._teacher_tap = None
         self._init_stage_done = False
+        self.init_stage_history: list[dict] = []  # also copied to the front of state.log_history
         if teacher is not None:
             self.teacher = teacher.eval().requires_grad_(False).to(self.args.device)
             self.teacher_input_adapter = self._build_teacher_input_adapter(processing_class).to(self.args.device)
@@ -220,6 +232,8 @@ class RRDTrainer(Trainer):
         if len(self.distillers):
             self.distillers.to(self.args.device)
             self.add_callback(_DistillerCallback(self.distillers))
+        if self.method is not None and self.method.init_stage is not None:
+            self.add_callback(_InitStageHistory(self.init_stage_history))
 
     # ----------------------------------------------------------------------------------------------- construction
 
@@ -274,6 +288,8 @@ class RRDTrainer(Trainer):
                         f"the {role} {type(model).__name__} does not provide; rrd_hf.models architectures do."
                     )
         kwargs = dict(args.distill_kwargs or {})
+        if args.init_epochs is not None and "init_epochs" in inspect.signature(cls.__init__).parameters:
+            kwargs.setdefault("init_epochs", args.init_epochs)  # FitNet's hint stage is off unless asked for
         num_samples = None
         if cls.needs_index:
             num_samples = _memory_slots(train_dataset)
@@ -467,7 +483,8 @@ class RRDTrainer(Trainer):
                     optimizer.zero_grad(set_to_none=True)
                     total, batches = total + loss.detach().float(), batches + 1
                 mean = self.accelerator.reduce(total / max(batches, 1), reduction="mean").item()
-                self.log({"init_stage_loss": mean, "init_stage_epoch": epoch + 1})
+                self.init_stage_history.append({"init_stage_loss": mean, "init_stage_epoch": epoch + 1})
+                logger.info("%s init stage epoch %d/%d: loss %.4f", args.distill_method, epoch + 1, epochs, mean)
         finally:
             method.end_init_stage()
             self.model.zero_grad(set_to_none=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from transformers import PreTrainedConfig, PreTrainedModel
+from transformers import PreTrainedConfig, PreTrainedModel, TrainerCallback
 from transformers.modeling_outputs import ImageClassifierOutputWithNoAttention
 
 
@@ -66,3 +66,14 @@ class TinyImageDataset(torch.utils.data.Dataset):
         if self.with_index:
             item["index"] = i
         return item
+
+
+class StopAt(TrainerCallback):
+    """Interrupts training after `step` (the checkpoint of that step is written first)."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            control.should_training_stop = True

@@ -5,9 +5,9 @@ import os
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoConfig, AutoModelForImageClassification, TrainerCallback
+from transformers import AutoConfig, AutoModelForImageClassification
 
-from helpers import TinyConvConfig, TinyConvForImageClassification, TinyImageDataset, tiny_model
+from helpers import StopAt, TinyConvConfig, TinyConvForImageClassification, TinyImageDataset, tiny_model
 from rrd_hf import RRD_STATE_NAME, RRDConfig, RRDTrainer
 
 AutoConfig.register(TinyConvConfig.model_type, TinyConvConfig, exist_ok=True)
@@ -115,17 +115,6 @@ def test_save_model_writes_a_clean_student(tmp_path):
     trainer.model.eval()
     with torch.no_grad():
         torch.testing.assert_close(reloaded(pixel_values=data.images).logits, trainer.model(pixel_values=data.images).logits)
-
-
-class StopAt(TrainerCallback):
-    """Interrupts training after `step` (the checkpoint of that step is written first)."""
-
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            control.should_training_stop = True
 
 
 def run_to_step(tmp_path, name, stop_at=None, resume=None, **overrides):

@@ -43,7 +43,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, me
     # Identical memory, heads and student on both processes: bit for bit.
     for name in rank0:
         assert torch.equal(rank0[name], rank1[name]), f"{name} differs between the two processes"
-    assert int(rank0["rrd.memory.num_updates"]) == 6
+    assert int(rank0["distill.rrd.memory.num_updates"]) == 6
     # The same training as one process with the same global batch (up to float summation order).
     for name, value in single.items():
         torch.testing.assert_close(rank0[name], value, rtol=1e-4, atol=1e-5, msg=f"{name}: 2x4 differs from 1x8")
@@ -52,3 +52,16 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, me
     for a, b in zip(logs_two, logs_one):
         for key in ("loss", "loss_ce", "loss_kd", "loss_rrd"):
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
+
+
+def test_crd_banks_stay_identical_on_every_process(tmp_path):
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+                "--master_port", str(free_port())]
+    run(torchrun + [str(SCRIPT), str(tmp_path), "4", "crd"], tmp_path)
+    rank0, rank1 = load_file(tmp_path / "rank0.safetensors"), load_file(tmp_path / "rank1.safetensors")
+    banks = [name for name in rank0 if name.startswith("distill.crd.memory.")]
+    assert banks, "no CRD memory in the saved state"
+    for name in rank0:
+        assert torch.equal(rank0[name], rank1[name]), f"{name} differs between the two processes"
+    # 6 steps x 2 processes x 4 samples = 48 distinct samples written into the banks of 48 slots
+    assert int(rank0["distill.crd.memory.num_updates"]) == 6

@@ -14,11 +14,14 @@ from helpers import TinyImageDataset, tiny_model  # noqa: E402
 from rrd_hf import RRDConfig, RRDTrainer  # noqa: E402
 
 
-def main(out_dir: str, per_device_batch: int, memory_type: str) -> None:
+def main(out_dir: str, per_device_batch: int, variant: str) -> None:
+    """`variant`: `fifo` / `momentum` (RRD+KD with that memory) or `crd` (CRD+KD: dataset-sized banks)."""
+    losses = dict(rrd_weight=0.0, distill_method="crd") if variant == "crd" else dict(memory_type=variant)
     args = RRDConfig(
         output_dir=os.path.join(out_dir, "run"), max_steps=6, per_device_train_batch_size=per_device_batch,
-        memory_size=24, kd_weight=1.0, memory_type=memory_type, learning_rate=0.1, optim="sgd", logging_steps=2,
+        memory_size=24, kd_weight=1.0, learning_rate=0.1, optim="sgd", logging_steps=2, **losses,
         use_cpu=True, report_to="none", disable_tqdm=True, save_strategy="no", seed=0, dataloader_drop_last=True,
+        distill_kwargs={"num_negatives": 16} if variant == "crd" else None,
     )
     # No BatchNorm: per-process batch statistics would make 2x4 differ from 1x8 for reasons unrelated to RRD.
     trainer = RRDTrainer(
@@ -28,7 +31,7 @@ def main(out_dir: str, per_device_batch: int, memory_type: str) -> None:
     trainer.train()
     rank = trainer.args.process_index
     state = {f"student.{k}": v for k, v in trainer.model.state_dict().items()}
-    state |= {f"rrd.{k}": v for k, v in trainer.rrd.state_dict().items()}
+    state |= {f"distill.{k}": v for k, v in trainer.distillers.state_dict().items()}
     save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, os.path.join(out_dir, f"rank{rank}.safetensors"))
     logs = [log for log in trainer.state.log_history if "loss" in log]
     with open(os.path.join(out_dir, f"logs{rank}.json"), "w") as handle:

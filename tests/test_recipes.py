@@ -11,6 +11,9 @@ from rrd_hf.train import main as train_main, parse_recipe
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 TEACHER_RECIPES = sorted((RECIPES / "cifar100" / "teachers").glob("*.yaml"))
 STUDENT_RECIPES = sorted((RECIPES / "cifar100" / "students").glob("*.yaml"))
+METHOD_RECIPES = sorted((RECIPES / "cifar100" / "methods").glob("*.yaml"))
+# Running all ~200 method recipes would take many minutes: every method runs on the pair that has them all.
+METHOD_RUNS = [p for p in METHOD_RECIPES if p.stem.startswith("resnet32x4_resnet8x4_")]
 SMALL = ["--max_steps", "2", "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "8",
          "--memory_size", "16", "--eval_strategy", "no", "--save_strategy", "no", "--dataloader_num_workers", "0",
          "--use_cpu", "true", "--disable_tqdm", "true", "--logging_steps", "1"]
@@ -61,11 +64,17 @@ def teachers(tmp_path_factory):
 
 def test_every_pair_has_both_recipes():
     assert len(TEACHER_RECIPES) == 6 and len(STUDENT_RECIPES) == 26
+    # 13 pairs x 14 baselines, less FSP on the 6 cross-architecture pairs and wrn_40_1, plus 5 modern x 4 pairs
+    assert len(METHOD_RECIPES) == 13 * 14 - 7 + 5 * 4
+    from rrd_hf.methods import METHODS
+
+    r8x4 = {p.stem.removeprefix("resnet32x4_resnet8x4_") for p in METHOD_RUNS}
+    assert set(METHODS) - {"kd"} <= r8x4 | {"kd_ls", "dkd_ls"}  # every registered method has a recipe
     names = {p.stem for p in STUDENT_RECIPES}
     assert all(name.replace("_rrd_kd", "_rrd") in names for name in names)
 
 
-@pytest.mark.parametrize("recipe", TEACHER_RECIPES + STUDENT_RECIPES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("recipe", TEACHER_RECIPES + STUDENT_RECIPES + METHOD_RECIPES, ids=lambda p: p.stem)
 def test_recipe_follows_the_benchmark_protocol(recipe):
     model_args, data_args, config = parse_recipe([str(recipe)])
     assert data_args.dataset == "cifar100"
@@ -75,7 +84,15 @@ def test_recipe_follows_the_benchmark_protocol(recipe):
     assert config.optim == "sgd" and "momentum=0.9" in config.optim_args
     small_lr = model_args.student in ("MobileNetV2", "ShuffleV1", "ShuffleV2")
     assert config.learning_rate == (0.01 if small_lr else 0.05)
-    if recipe in STUDENT_RECIPES:
+    if recipe in METHOD_RECIPES:
+        assert config.needs_teacher and config.teacher_model_name_or_path.startswith("runs/cifar100/teachers/")
+        if recipe.stem.endswith("_crd"):
+            assert (config.distill_method, config.distill_weight, config.kd_weight) == ("crd", 0.8, 0.0)
+        if recipe.stem.endswith("_kd") and not recipe.stem.endswith("crd_kd"):
+            assert (config.ce_weight, config.kd_weight, config.distill_method) == (0.1, 0.9, None)
+        if recipe.stem.endswith("_fitnet"):
+            assert (config.distill_method, config.distill_weight) == ("fitnet", 100.0)
+    elif recipe in STUDENT_RECIPES:
         assert (config.ce_weight, config.rrd_weight) == (1.0, 1.0)
         assert config.kd_weight == (1.0 if recipe.stem.endswith("_rrd_kd") else 0.0)
         assert (config.student_temperature, config.teacher_temperature, config.enqueue) == (0.04, 0.10, "after")
@@ -94,11 +111,13 @@ def test_flags_override_the_recipe_and_typos_are_caught(tmp_path):
         parse_recipe([str(bad)])
 
 
-@pytest.mark.parametrize("recipe", TEACHER_RECIPES + STUDENT_RECIPES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("recipe", TEACHER_RECIPES + STUDENT_RECIPES + METHOD_RUNS, ids=lambda p: p.stem)
 def test_recipe_runs_two_steps(recipe, tmp_path, cifar100_like, teachers):
     model_args, _, config = parse_recipe([str(recipe)])
     overrides = ["--dataset", cifar100_like, "--output_dir", str(tmp_path / "run")] + SMALL
-    if recipe in STUDENT_RECIPES:
+    if recipe in METHOD_RUNS:
+        overrides += ["--init_epochs", "1"]
+    if recipe not in TEACHER_RECIPES:
         teacher_name = Path(config.teacher_model_name_or_path).name
         overrides += ["--teacher_model_name_or_path", teachers(teacher_name)]
         results = train_main([str(recipe)] + overrides)

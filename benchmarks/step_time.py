@@ -1,6 +1,7 @@
-"""Time one training step of CE, KD, RRD and RRD+KD through RRDTrainer, in one run, and print ratios to KD.
+"""Time one training step of each distillation method through RRDTrainer, in one run, and print ratios to KD.
 
-    python benchmarks/step_time.py                         # resnet32x4 -> resnet8x4, batch 64, CPU or CUDA
+    python benchmarks/step_time.py                         # CE, KD, RRD, RRD+KD: resnet32x4 -> resnet8x4, batch 64
+    python benchmarks/step_time.py --methods all           # every method of rrd_hf.methods too, with extra state
     python benchmarks/step_time.py --teacher resnet56 --student resnet20 --repeats 20
 
 A step is what `Trainer` does per optimizer step: `training_step` (teacher forward under no_grad, student forward,
@@ -23,30 +24,54 @@ import torch  # noqa: E402
 from rrd_hf import RRDConfig, RRDTrainer  # noqa: E402
 from rrd_hf.models import build_model  # noqa: E402
 
-METHODS = {  # (ce, kd, rrd) weights, as in the published runs
-    "CE only": (1.0, 0.0, 0.0),
-    "KD": (1.0, 1.0, 0.0),
-    "RRD": (1.0, 0.0, 1.0),
-    "RRD+KD": (1.0, 1.0, 1.0),
+NO_RRD = dict(rrd_weight=0.0)
+CORE = {  # loss weights as in the published runs
+    "CE only": dict(kd_weight=0.0, rrd_weight=0.0),
+    "KD": dict(kd_weight=1.0, rrd_weight=0.0),
+    "RRD": dict(kd_weight=0.0, rrd_weight=1.0),
+    "RRD+KD": dict(kd_weight=1.0, rrd_weight=1.0),
 }
+# Main-stage steps of the other methods (AB and FSP train only in their init stage: their main step is CE alone).
+OTHERS = {name.upper(): dict(NO_RRD, distill_method=name) for name in
+          ("dkd", "kd_ls", "fitnet", "at", "sp", "cc", "vid", "rkd", "pkt", "ft", "nst", "crd")}
+OTHERS["RRD+DKD"] = dict(distill_method="dkd")
 
 
-def build_trainer(weights, args, output_dir, device_is_cpu):
-    ce, kd, rrd = weights
+class _Indexed(torch.utils.data.Dataset):
+    """A stand-in train set of CIFAR size: CRD's banks and index sampling are sized by it."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return {"pixel_values": torch.zeros(3, 32, 32), "labels": 0, "index": i}
+
+
+def build_trainer(losses, args, output_dir, device_is_cpu):
     config = RRDConfig(
-        output_dir=output_dir, per_device_train_batch_size=args.batch_size, ce_weight=ce, kd_weight=kd,
-        rrd_weight=rrd, memory_size=args.memory_size, optim="sgd", optim_args="momentum=0.9", learning_rate=0.05,
-        weight_decay=5e-4, max_grad_norm=0.0, use_cpu=device_is_cpu, bf16=args.bf16, report_to="none",
-        disable_tqdm=True, save_strategy="no", seed=0,
+        output_dir=output_dir, per_device_train_batch_size=args.batch_size, memory_size=args.memory_size,
+        optim="sgd", optim_args="momentum=0.9", learning_rate=0.05, weight_decay=5e-4, max_grad_norm=0.0,
+        use_cpu=device_is_cpu, bf16=args.bf16, report_to="none", disable_tqdm=True, save_strategy="no", seed=0,
+        **losses,
     )
     torch.manual_seed(0)
     student = build_model(args.student, num_labels=100)
-    teacher = build_model(args.teacher, num_labels=100) if (kd or rrd) else None
-    trainer = RRDTrainer(model=student, teacher_model=teacher, args=config)
+    teacher = build_model(args.teacher, num_labels=100) if config.needs_teacher else None
+    trainer = RRDTrainer(model=student, teacher_model=teacher, args=config, train_dataset=_Indexed(args.num_samples))
     trainer.model.to(trainer.args.device)
     trainer.create_optimizer()
     trainer.current_gradient_accumulation_steps = 1  # normally set by the training loop
     return trainer
+
+
+def extra_state(trainer) -> tuple[int, int]:
+    """Parameters and buffer elements the method adds next to the student (heads, regressors, memories)."""
+    params = sum(p.numel() for p in trainer.distillers.parameters())
+    buffers = sum(b.numel() for b in trainer.distillers.buffers())
+    return params, buffers
 
 
 def one_step(trainer, batch):
@@ -65,17 +90,21 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--bf16", action="store_true")
     parser.add_argument("--cpu", action="store_true", help="stay on the CPU even when CUDA is available")
+    parser.add_argument("--methods", default="core", help="core (CE, KD, RRD, RRD+KD) or all")
+    parser.add_argument("--num-samples", type=int, default=50000, help="training-set size (CRD's banks)")
     args = parser.parse_args()
+    methods = dict(CORE, **(OTHERS if args.methods == "all" else {}))
 
     device_is_cpu = args.cpu or not torch.cuda.is_available()
     sync = (lambda: None) if device_is_cpu else torch.cuda.synchronize
     with tempfile.TemporaryDirectory() as tmp:
-        trainers = {name: build_trainer(w, args, tmp, device_is_cpu) for name, w in METHODS.items()}
+        trainers = {name: build_trainer(losses, args, tmp, device_is_cpu) for name, losses in methods.items()}
         device = next(iter(trainers.values())).args.device
         generator = torch.Generator().manual_seed(0)
         batch = {
             "pixel_values": torch.randn(args.batch_size, 3, 32, 32, generator=generator).to(device),
             "labels": torch.randint(0, 100, (args.batch_size,), generator=generator).to(device),
+            "index": torch.randperm(args.num_samples, generator=generator)[: args.batch_size].to(device),
         }
         times = {name: [] for name in trainers}
         for repeat in range(args.warmup + args.repeats):
@@ -91,10 +120,11 @@ def main() -> None:
     print(f"{args.teacher} -> {args.student}, batch {args.batch_size}, memory {args.memory_size}, "
           f"{'bf16' if args.bf16 else 'fp32'}, {where}, median of {args.repeats} steps")
     kd = statistics.median(times["KD"])
-    print(f"{'method':<10} {'ms/step':>9} {'x KD':>7}")
+    print(f"{'method':<10} {'ms/step':>9} {'x KD':>7} {'extra params':>13} {'extra buffers':>14}")
     for name, values in times.items():
         median = statistics.median(values)
-        print(f"{name:<10} {median * 1e3:>9.1f} {median / kd:>7.3f}")
+        params, buffers = extra_state(trainers[name])
+        print(f"{name:<10} {median * 1e3:>9.1f} {median / kd:>7.3f} {params:>13,} {buffers:>14,}")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from .config import RRD_PRESETS, RRDConfig
 from .features import FeatureTap
 from .losses import kd_loss, rrd_loss
 from .memory import FifoMemory, MomentumMemory
+from .methods import METHODS, DistillationMethod, ModelOutputs, build_method
 from .metrics import compute_classification_metrics, topk_accuracy
 from .rrd import RRDLoss
 from .teacher_inputs import TeacherInputAdapter
@@ -22,6 +23,10 @@ __all__ = [
     "FifoMemory",
     "MomentumMemory",
     "FeatureTap",
+    "METHODS",
+    "DistillationMethod",
+    "ModelOutputs",
+    "build_method",
     "TeacherInputAdapter",
     "topk_accuracy",
     "compute_classification_metrics",

@@ -5,6 +5,9 @@
     rrd-hf train-teacher RECIPE.yaml [...]          # train a teacher with plain cross-entropy
     rrd-hf evaluate CHECKPOINT --dataset cifar100   # top-1 / top-5 of any checkpoint
     rrd-hf aggregate RUN_DIR [RUN_DIR ...]          # mean ± std of best/last top-1 over seeds
+    rrd-hf push CHECKPOINT REPO_ID [--teacher ID]   # publish the clean student with its model card
+    rrd-hf probe CHECKPOINT --dataset stl10         # transfer linear probe (stl10 | tiny-imagenet)
+    rrd-hf plots CHECKPOINT --teacher T             # correlation-difference and t-SNE figures (PNG)
 """
 
 from __future__ import annotations
@@ -58,6 +61,9 @@ def main(argv: list[str] | None = None) -> None:
         "evaluate": _evaluate,
         "aggregate": _aggregate,
         "demo": lambda rest: __import__("rrd_hf.demo", fromlist=["main"]).main(rest),
+        "push": lambda rest: __import__("rrd_hf.hub", fromlist=["_push"])._push(rest),
+        "probe": lambda rest: __import__("rrd_hf.probe", fromlist=["_probe"])._probe(rest),
+        "plots": lambda rest: __import__("rrd_hf.plots", fromlist=["_plots"])._plots(rest),
     }
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
         print(__doc__.strip())

@@ -2,6 +2,7 @@
 
 from .config import RRD_PRESETS, RRDConfig
 from .features import FeatureTap
+from .hub import HubMixin, push_to_hub
 from .losses import kd_loss, rrd_loss
 from .memory import FifoMemory, MomentumMemory
 from .methods import METHODS, DistillationMethod, ModelOutputs, build_method
@@ -23,6 +24,8 @@ __all__ = [
     "FifoMemory",
     "MomentumMemory",
     "FeatureTap",
+    "HubMixin",
+    "push_to_hub",
     "METHODS",
     "DistillationMethod",
     "ModelOutputs",

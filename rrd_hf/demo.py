@@ -49,7 +49,6 @@ def _config(output_dir, args, weights, teacher=False):
         logging_steps=50,
         report_to="none",
         seed=args.seed,
-        dataloader_drop_last=True,
         use_cpu=not args.gpu,
         disable_tqdm=False,
     )

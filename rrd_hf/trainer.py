@@ -17,6 +17,7 @@ from transformers import AutoModelForImageClassification, PreTrainedModel, Train
 
 from .config import RRDConfig
 from .features import FeatureTap
+from .hub import HubMixin
 from .losses import kd_loss
 from .metrics import compute_classification_metrics
 from .rrd import RRDLoss
@@ -129,7 +130,7 @@ class _InitStageHistory(TrainerCallback):
             state.log_history[:0] = [{**log, "step": 0} for log in self.history]
 
 
-class RRDTrainer(Trainer):
+class RRDTrainer(HubMixin, Trainer):
     """Distil a frozen `teacher_model` into `model` (the student) with Relational Representation Distillation.
 
     The loss is `ce_weight · CE + kd_weight · KD + rrd_weight · RRD` (see [`RRDConfig`]). The student is the Trainer's
@@ -137,6 +138,7 @@ class RRDTrainer(Trainer):
     memory live in `self.rrd`, share the student's optimizer, scheduler, gradient clipping and DDP synchronisation,
     and are stored in every checkpoint as `rrd_state.safetensors` (never in `save_model`'s folder). The teacher is
     a plain attribute: frozen, always in eval mode, run under `no_grad` and the student's autocast, never saved.
+    `push_to_hub()` uploads only the clean student with an honest model card (`rrd_hf.hub`).
 
     Args:
         model: the student (`PreTrainedModel`, or a local path / Hub id of an `AutoModelForImageClassification`).
@@ -360,6 +362,16 @@ class RRDTrainer(Trainer):
         if self.batch_transform is not None and "pixel_values" in inputs:
             inputs["pixel_values"] = self.batch_transform(inputs["pixel_values"], self.model.training)
         return inputs
+
+    def _get_dataloader(self, dataset, description, batch_size, sampler_fn=None, is_training=False, dataloader_key=None):
+        # `dataloader_drop_last` (the CIFAR protocol's train loader) must never drop test images from evaluation.
+        drop_last = self.args.dataloader_drop_last
+        if not is_training:
+            self.args.dataloader_drop_last = False
+        try:
+            return super()._get_dataloader(dataset, description, batch_size, sampler_fn, is_training, dataloader_key)
+        finally:
+            self.args.dataloader_drop_last = drop_last
 
     @torch.no_grad()
     def _teacher_forward(self, pixel_values: torch.Tensor, **kwargs):

@@ -337,3 +337,16 @@ def test_fsdp_is_refused_with_an_explanation(tmp_path, monkeypatch):
     monkeypatch.setattr(Trainer, "create_accelerator_and_postprocess", pretend_fsdp)
     with pytest.raises(NotImplementedError, match="use DDP"):
         make_trainer(tmp_path)
+
+
+def test_evaluation_never_drops_samples_even_with_drop_last(tmp_path):
+    trainer = make_trainer(tmp_path, max_steps=1, dataloader_drop_last=True, per_device_eval_batch_size=6)
+    prediction = trainer.predict(TinyImageDataset(16, seed=1))  # 16 = 2 x 6 + 4: the last batch must count
+    assert prediction.predictions.shape[0] == 16 and prediction.label_ids.shape[0] == 16
+    metrics = trainer.evaluate(TinyImageDataset(16, seed=1))
+    data = TinyImageDataset(16, seed=1)
+    with torch.no_grad():
+        logits = trainer.model.eval()(pixel_values=data.images).logits
+    expected = (logits.argmax(1) == data.labels).float().mean().item()
+    assert metrics["eval_accuracy"] == pytest.approx(expected)
+    assert len(trainer.get_train_dataloader()) == 64 // 8  # training still drops (here nothing to drop)

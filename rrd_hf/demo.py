@@ -123,10 +123,12 @@ def _print_table(args, results, timings, total):
     print(f"{'model':<16} {'top-1 %':>8} {'top-5 %':>8} {'time s':>8}")
     for name, metrics in results.items():
         print(f"{name:<16} {metrics['top1']:>8.2f} {metrics['top5']:>8.2f} {timings[name]:>8.0f}")
-    gain = results["student + RRD"]["top1"] - results["student alone"]["top1"]
-    verdict = "beats" if gain > 0 else "does not beat"
-    print(f"\nRRD {verdict} the student alone here: {gain:+.2f} top-1 points (one seed; run-to-run noise of such short "
-          f"runs is of the order of a few tenths of a point, so compare several --seed values before concluding).")
+    print()
+    rrd = results["student + RRD"]["top1"]
+    for other, label in (("student alone", "the student alone"), ("student + KD", "KD")):
+        gain = rrd - results[other]["top1"]
+        print(f"RRD {'beats' if gain > 0 else 'does not beat'} {label} here: {gain:+.2f} top-1 points.")
+    print("One seed on a short budget: rerun with other --seed values to see the spread before concluding.")
     print(f"Total {total / 60:.1f} min. The RRD student is saved, Hub-ready, in "
           f"{os.path.join(args.output_dir, 'student-RRD')} (load it with AutoModelForImageClassification).")
 

@@ -189,7 +189,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, config, *, teacher
         model=student, args=config, train_dataset=train, eval_dataset=evaluation, processing_class=processor,
         batch_transform=transform,
     )
-    trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
+    train_output = trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     if config.eval_strategy == "no":  # still report the final accuracy (it lands in log_history)
         trainer.evaluate()
     trainer.save_model()
@@ -197,6 +197,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, config, *, teacher
         "dataset": data_args.dataset, "student": model_args.student, "teacher": config.teacher_model_name_or_path,
         "ce_weight": config.ce_weight, "kd_weight": config.kd_weight, "rrd_weight": config.rrd_weight,
         "seed": config.seed, "global_step": trainer.state.global_step,
+        "train_runtime": train_output.metrics.get("train_runtime"),
+        "train_samples_per_second": train_output.metrics.get("train_samples_per_second"),
         **summarize_log_history(trainer.state.log_history),
     }
     if trainer.is_world_process_zero():

@@ -244,11 +244,12 @@ class RRDTrainer(HubMixin, Trainer):
         teacher_model = teacher_model if teacher_model is not None else args.teacher_model_name_or_path
         if not args.needs_teacher:
             if teacher_model is not None:
-                logger.warning("kd_weight and rrd_weight are 0: the teacher is not used (student-alone training).")
+                logger.warning("no loss uses the teacher (kd_weight = rrd_weight = 0, no distill_method): it is ignored.")
             return None
         if teacher_model is None:
             raise ValueError(
-                f"kd_weight={args.kd_weight} and rrd_weight={args.rrd_weight} need a teacher: pass teacher_model= "
+                f"kd_weight={args.kd_weight}, rrd_weight={args.rrd_weight}, distill_method={args.distill_method} need a "
+                "teacher: pass teacher_model= "
                 "(a module, a local folder or a Hub id) or set teacher_model_name_or_path in the config."
             )
         if isinstance(teacher_model, (str, os.PathLike)):
@@ -292,12 +293,11 @@ class RRDTrainer(HubMixin, Trainer):
         kwargs = dict(args.distill_kwargs or {})
         if args.init_epochs is not None and "init_epochs" in inspect.signature(cls.__init__).parameters:
             kwargs.setdefault("init_epochs", args.init_epochs)  # FitNet's hint stage is off unless asked for
-        num_samples = None
-        if cls.needs_index:
-            num_samples = _memory_slots(train_dataset)
-            if args.distill_method == "crd" and "dataset_labels" not in kwargs:
+        num_samples = _memory_slots(train_dataset) if cls.needs_index else None
+        if args.distill_method == "crd":  # negatives from the other classes (the benchmark's), drawn from the seed
+            kwargs.setdefault("seed", args.seed)
+            if "dataset_labels" not in kwargs:
                 kwargs["dataset_labels"] = _dataset_labels(train_dataset, num_samples)
-            kwargs.setdefault("seed", args.seed) if args.distill_method == "crd" else None
         student_example, teacher_example = self._example_outputs(train_dataset, cls)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(args.seed)

@@ -313,7 +313,14 @@ class RRDTrainer(HubMixin, Trainer):
         if train_dataset is None or not len(train_dataset):
             raise ValueError(f"distill_method={self.args.distill_method!r} needs a train_dataset to infer its shapes.")
         sample = torch.as_tensor(train_dataset[0]["pixel_values"])
-        pixel_values = torch.zeros((2, *sample.shape), dtype=sample.dtype, device=self.args.device)
+        # Random, not constant, images: a method inspecting its example maps (AB checks they are pre-ReLU) must see
+        # realistic values. Seeded, so every process builds the same shapes and checks.
+        generator = torch.Generator().manual_seed(self.args.seed)
+        if sample.dtype == torch.uint8:
+            pixel_values = torch.randint(0, 256, (2, *sample.shape), generator=generator, dtype=torch.uint8)
+        else:
+            pixel_values = torch.randn((2, *sample.shape), generator=generator)
+        pixel_values = pixel_values.to(self.args.device)
         if self.batch_transform is not None:
             pixel_values = self.batch_transform(pixel_values, False)
         pixel_values = pixel_values.float()
@@ -387,13 +394,11 @@ class RRDTrainer(HubMixin, Trainer):
             module.gather = self.accelerator.gather
             trainable = any(p.requires_grad for p in module.parameters())
             if trainable and self.accelerator.num_processes > 1 and torch.distributed.is_initialized():
-                # Memories are kept identical by gathering keys, not by DDP: no buffer broadcasts. Inputs are
-                # already on the device (device_ids=None: DDP does not move them).
+                # Memories are kept identical by gathering keys, not by DDP: every buffer is left out of DDP's
+                # broadcasts. Inputs are already on the device (device_ids=None: DDP does not move them).
                 buffers = [buffer_name for buffer_name, _ in module.named_buffers()]
                 DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, buffers)
-                self._wrapped[name] = DistributedDataParallel(
-                    module, device_ids=None, broadcast_buffers=False, find_unused_parameters=False
-                )
+                self._wrapped[name] = DistributedDataParallel(module, device_ids=None, find_unused_parameters=False)
             else:
                 self._wrapped[name] = module
         return self._wrapped[name]

@@ -2,7 +2,6 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,15 +14,13 @@ SCRIPT = Path(__file__).parent / "scripts" / "ddp_rrd.py"
 pytestmark = pytest.mark.distributed
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+# --standalone: the launcher binds a free port itself, so concurrent test workers never share a rendezvous.
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 
 
 def run(command, out_dir):
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, f"{' '.join(map(str, command))} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
     return out_dir
 
@@ -32,9 +29,7 @@ def run(command, out_dir):
 def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, memory_type):
     two, one = tmp_path / "two", tmp_path / "one"
     two.mkdir(), one.mkdir()
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-                "--master_port", str(free_port())]
-    run(torchrun + [str(SCRIPT), str(two), "4", memory_type], two)
+    run(TORCHRUN + [str(SCRIPT), str(two), "4", memory_type], two)
     run([sys.executable, str(SCRIPT), str(one), "8", memory_type], one)
 
     rank0, rank1 = load_file(two / "rank0.safetensors"), load_file(two / "rank1.safetensors")
@@ -55,9 +50,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, me
 
 
 def test_crd_banks_stay_identical_on_every_process(tmp_path):
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-                "--master_port", str(free_port())]
-    run(torchrun + [str(SCRIPT), str(tmp_path), "4", "crd"], tmp_path)
+    run(TORCHRUN + [str(SCRIPT), str(tmp_path), "4", "crd"], tmp_path)
     rank0, rank1 = load_file(tmp_path / "rank0.safetensors"), load_file(tmp_path / "rank1.safetensors")
     banks = [name for name in rank0 if name.startswith("distill.crd.memory.")]
     assert banks, "no CRD memory in the saved state"

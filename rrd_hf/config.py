@@ -71,6 +71,10 @@ class RRDConfig(TrainingArguments):
         distill_kwargs (`dict` or JSON `str`, *optional*): keyword arguments of the method (e.g. `{"beta": 8}`).
         init_epochs (`int`, *optional*): epochs of the initialisation stage of two-stage methods (AB, FT, FSP, and
             FitNet's hint stage when enabled); default the method's (30 in the benchmark code); 0 skips it.
+        student_hidden_modules, teacher_hidden_modules (`list[str]`, *optional*): for feature-map methods on models
+            that return no `hidden_states`: the dotted names of the modules (stem, stages, ...) whose outputs, read
+            with forward hooks, stand in for them. The penultimate vector is appended as the last entry, as in
+            rrd_hf.models; it is also appended to native `hidden_states` that end with a feature map (HF CNNs).
     """
 
     _VALID_DICT_FIELDS = TrainingArguments._VALID_DICT_FIELDS + ["distill_kwargs"]
@@ -134,6 +138,13 @@ class RRDConfig(TrainingArguments):
     )
     init_epochs: int | None = field(
         default=None, metadata={"help": "Init-stage epochs of two-stage methods (default the method's; 0 skips it)."}
+    )
+    student_hidden_modules: list[str] | None = field(
+        default=None, metadata={"help": "Modules whose outputs are the student's hidden states (forward hooks), for "
+                                        "models that return none; default: output_hidden_states."}
+    )
+    teacher_hidden_modules: list[str] | None = field(
+        default=None, metadata={"help": "The same for the teacher."}
     )
     # Changed TrainingArguments defaults: the trainer computes its losses itself and needs the raw columns.
     remove_unused_columns: bool = field(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-__all__ = ["FeatureTap", "find_classifier", "feature_dim"]
+__all__ = ["FeatureTap", "HiddenStateTap", "find_classifier", "feature_dim"]
 
 _CLASSIFIER_NAMES = ("classifier", "fc", "head", "heads")
 
@@ -77,3 +77,34 @@ class FeatureTap:
     def remove(self) -> None:
         self._handle.remove()
         self._features = None
+
+
+class HiddenStateTap:
+    """Outputs of named modules from the latest forward pass, for models that expose no `hidden_states`.
+
+    Feature-map methods (FitNet, AT, ...) read `hidden_states`; for a model that does not return them, name the
+    modules whose outputs should stand in (e.g. its stem and each stage), in order.
+    """
+
+    def __init__(self, model: nn.Module, module_names: list[str]):
+        self._outputs: dict[int, torch.Tensor] = {}
+        self._handles = []
+        for position, name in enumerate(module_names):
+            _, module = find_classifier(model, name)  # resolves a dotted name with a clear error
+            self._handles.append(module.register_forward_hook(self._hook(position)))
+        self.size = len(module_names)
+
+    def _hook(self, position: int):
+        def store(module, args, output):
+            self._outputs[position] = output[0] if isinstance(output, (tuple, list)) else output
+
+        return store
+
+    def clear(self) -> None:
+        self._outputs = {}
+
+    def pop(self) -> tuple[torch.Tensor, ...]:
+        if len(self._outputs) != self.size:
+            raise RuntimeError(f"only {len(self._outputs)} of the {self.size} hidden-state modules ran in the forward pass.")
+        outputs, self._outputs = self._outputs, {}
+        return tuple(outputs[i] for i in range(self.size))

@@ -16,7 +16,7 @@ from torch.nn.parallel import DistributedDataParallel
 from transformers import AutoModelForImageClassification, PreTrainedModel, Trainer, TrainerCallback
 
 from .config import RRDConfig
-from .features import FeatureTap
+from .features import FeatureTap, HiddenStateTap
 from .hub import HubMixin
 from .losses import kd_loss
 from .metrics import compute_classification_metrics
@@ -219,6 +219,7 @@ class RRDTrainer(HubMixin, Trainer):
         self.method = None
         self._wrapped: dict[str, nn.Module] = {}
         self._student_tap = self._teacher_tap = None
+        self._hidden_taps: dict[str, HiddenStateTap] = {}
         self._init_stage_done = False
         self.init_stage_history: list[dict] = []  # also copied to the front of state.log_history
         if teacher is not None:
@@ -227,6 +228,10 @@ class RRDTrainer(HubMixin, Trainer):
         if self.args.rrd_weight > 0 or self.args.distill_method is not None:
             self._student_tap = FeatureTap(self.model, self.args.student_feature_module)
             self._teacher_tap = FeatureTap(self.teacher, self.args.teacher_feature_module)
+        for role, model, names in (("student", self.model, self.args.student_hidden_modules),
+                                   ("teacher", self.teacher, self.args.teacher_hidden_modules)):
+            if names:
+                self._hidden_taps[role] = HiddenStateTap(model, names)
         if self.args.rrd_weight > 0:
             self.rrd = self.distillers["rrd"] = self._build_rrd(train_dataset)
         if self.args.distill_method is not None:
@@ -285,7 +290,7 @@ class RRDTrainer(HubMixin, Trainer):
         cls = METHODS[args.distill_method]
         if cls.needs_preact:
             for role, model in (("student", self.model), ("teacher", self.teacher)):
-                if "preact" not in inspect.signature(model.forward).parameters:
+                if role not in self._hidden_taps and "preact" not in inspect.signature(model.forward).parameters:
                     raise ValueError(
                         f"{args.distill_method} needs pre-activation feature maps (forward(..., preact=True)), which "
                         f"the {role} {type(model).__name__} does not provide; rrd_hf.models architectures do."
@@ -308,8 +313,6 @@ class RRDTrainer(HubMixin, Trainer):
     @torch.no_grad()
     def _example_outputs(self, train_dataset, method_cls):
         """Outputs of both models on a dummy batch shaped like the training data (eval mode: BN untouched)."""
-        from .methods import ModelOutputs
-
         if train_dataset is None or not len(train_dataset):
             raise ValueError(f"distill_method={self.args.distill_method!r} needs a train_dataset to infer its shapes.")
         sample = torch.as_tensor(train_dataset[0]["pixel_values"])
@@ -325,20 +328,32 @@ class RRDTrainer(HubMixin, Trainer):
             pixel_values = self.batch_transform(pixel_values, False)
         pixel_values = pixel_values.float()
         examples = []
-        for model, tap, adapt in ((self.model, self._student_tap, None), (self.teacher, self._teacher_tap, self.teacher_input_adapter)):
+        for role, model, adapt in (("student", self.model, None), ("teacher", self.teacher, self.teacher_input_adapter)):
             was_training = model.training
             model.eval()
             output = model(pixel_values=adapt(pixel_values) if adapt is not None else pixel_values,
-                           **self._forward_kwargs(method_cls))
+                           **self._forward_kwargs(method_cls, role))
             model.train(was_training)
-            examples.append(ModelOutputs(output.logits, tap.pop(), getattr(output, "hidden_states", None)))
+            examples.append(self._model_outputs(role, output))
         return examples
 
-    @staticmethod
-    def _forward_kwargs(method_cls) -> dict:
-        if method_cls is None or not method_cls.needs_hidden_states:
+    def _forward_kwargs(self, method_cls, role: str) -> dict:
+        if method_cls is None or not method_cls.needs_hidden_states or role in self._hidden_taps:
             return {}
         return {"output_hidden_states": True, **({"preact": True} if method_cls.needs_preact else {})}
+
+    def _model_outputs(self, role: str, output, logits=None):
+        """`ModelOutputs` of the last forward of the student or teacher: logits, tapped features, hidden states."""
+        from .methods import ModelOutputs
+
+        features = (self._student_tap if role == "student" else self._teacher_tap).pop()
+        if role in self._hidden_taps:
+            hidden = self._hidden_taps[role].pop()
+        else:
+            hidden = getattr(output, "hidden_states", None)
+        if hidden is not None and hidden[-1].dim() != 2:  # end with the pooled vector, as rrd_hf.models do
+            hidden = (*hidden, features)
+        return ModelOutputs(output.logits if logits is None else logits, features, hidden)
 
     def _build_teacher_input_adapter(self, processing_class) -> TeacherInputAdapter:
         args = self.args
@@ -403,8 +418,8 @@ class RRDTrainer(HubMixin, Trainer):
                 self._wrapped[name] = module
         return self._wrapped[name]
 
-    def _method_forward_kwargs(self) -> dict:
-        return self._forward_kwargs(type(self.method) if self.method is not None else None)
+    def _method_forward_kwargs(self, role: str = "student") -> dict:
+        return self._forward_kwargs(type(self.method) if self.method is not None else None, role)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs["labels"]
@@ -415,31 +430,29 @@ class RRDTrainer(HubMixin, Trainer):
         ce = F.cross_entropy(logits.float(), labels, label_smoothing=self.args.label_smoothing_factor)
 
         if not model.training:  # evaluation: plain CE of the student; no teacher pass, no memory update
-            if self._student_tap is not None:
-                self._student_tap.clear()
+            for tap in (self._student_tap, self._hidden_taps.get("student")):
+                if tap is not None:
+                    tap.clear()
             return (ce, outputs) if return_outputs else ce
 
         args = self.args
         terms = {"loss_ce": ce}
         loss = args.ce_weight * ce
         if self.teacher is not None:
-            teacher_outputs = self._teacher_forward(model_inputs["pixel_values"], **self._method_forward_kwargs())
+            teacher_outputs = self._teacher_forward(model_inputs["pixel_values"], **self._method_forward_kwargs("teacher"))
             teacher_logits = teacher_outputs.logits
             if args.kd_weight > 0:
                 terms["loss_kd"] = kd_loss(logits, teacher_logits, args.kd_temperature)
                 loss = loss + args.kd_weight * terms["loss_kd"]
             if self._student_tap is not None:
-                student_features, teacher_features = self._student_tap.pop(), self._teacher_tap.pop()
+                student = self._model_outputs("student", outputs, logits)
+                teacher = self._model_outputs("teacher", teacher_outputs)
             if self.rrd is not None:
                 self.rrd.train()
-                terms["loss_rrd"] = self._distiller("rrd")(student_features, teacher_features, indices)
+                terms["loss_rrd"] = self._distiller("rrd")(student.features, teacher.features, indices)
                 loss = loss + args.rrd_weight * terms["loss_rrd"]
             if self.method is not None and self.method.main_stage_loss:
-                from .methods import ModelOutputs
-
                 self.method.train()
-                student = ModelOutputs(logits, student_features, getattr(outputs, "hidden_states", None))
-                teacher = ModelOutputs(teacher_logits, teacher_features, getattr(teacher_outputs, "hidden_states", None))
                 name = args.distill_method
                 terms[f"loss_{name}"] = self._distiller(name)(student, teacher, index=indices, labels=labels)
                 loss = loss + args.distill_weight * terms[f"loss_{name}"]
@@ -463,14 +476,11 @@ class RRDTrainer(HubMixin, Trainer):
         """RepDistiller's `init()`: SGD (momentum 0.9) on the method's loss alone, teacher in eval mode."""
         from tqdm.auto import tqdm
 
-        from .methods import ModelOutputs
-
         method, stage, args = self.method, self.method.init_stage, self.args
         params = method.begin_init_stage(self.model)
         optimizer = torch.optim.SGD(params, lr=stage.learning_rate or args.learning_rate, momentum=0.9,
                                     weight_decay=args.weight_decay)
         loader = self.get_train_dataloader()
-        forward_kwargs = self._method_forward_kwargs()
         world_size = self.accelerator.num_processes
         try:
             self.model.train(stage.trains_student)
@@ -484,11 +494,10 @@ class RRDTrainer(HubMixin, Trainer):
                     if self.batch_transform is not None:
                         pixel_values = self.batch_transform(pixel_values, True)
                     with self.accelerator.autocast():
-                        output = self.model(pixel_values=pixel_values, **forward_kwargs)
-                    student = ModelOutputs(output.logits, self._student_tap.pop(), getattr(output, "hidden_states", None))
-                    teacher_output = self._teacher_forward(pixel_values, **forward_kwargs)
-                    teacher = ModelOutputs(teacher_output.logits, self._teacher_tap.pop(),
-                                           getattr(teacher_output, "hidden_states", None))
+                        output = self.model(pixel_values=pixel_values, **self._method_forward_kwargs("student"))
+                    student = self._model_outputs("student", output)
+                    teacher_output = self._teacher_forward(pixel_values, **self._method_forward_kwargs("teacher"))
+                    teacher = self._model_outputs("teacher", teacher_output)
                     loss = method(student, teacher, index=inputs.get("index"), labels=inputs.get("labels"))
                     loss.backward()
                     if world_size > 1:  # keep the processes identical, as DDP would

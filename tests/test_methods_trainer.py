@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from helpers import StopAt, TinyImageDataset
+from helpers import StopAt, TinyImageDataset, tiny_model
 from rrd_hf import RRD_STATE_NAME, RRDConfig, RRDTrainer
 from rrd_hf.methods import METHODS
 from rrd_hf.models import build_model
@@ -94,3 +94,39 @@ def test_unknown_method_and_missing_preact_are_explained(tmp_path):
                    args=RRDConfig(output_dir=str(tmp_path), distill_method="ab", rrd_weight=0.0, use_cpu=True,
                                   report_to="none"),
                    train_dataset=TinyImageDataset(8, num_labels=4, size=32))
+
+
+def test_feature_methods_on_models_without_hidden_states_use_forward_hooks(tmp_path):
+    # tests/helpers' TinyConv returns no hidden_states: name its stem and stage instead.
+    args = RRDConfig(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=8, rrd_weight=0.0,
+                     distill_method="at", student_hidden_modules=["conv1", "conv2"],
+                     teacher_hidden_modules=["conv1", "conv2"], use_cpu=True, report_to="none", logging_steps=1)
+    trainer = RRDTrainer(model=tiny_model(seed=1), teacher_model=tiny_model(width=16, seed=2), args=args,
+                         train_dataset=TinyImageDataset(16, size=8))
+    trainer.train()
+    assert all(torch.isfinite(torch.tensor(log["loss_at"])) for log in trainer.state.log_history if "loss" in log)
+    with torch.no_grad():
+        out = trainer.model(pixel_values=TinyImageDataset(2, size=8).images)
+    outputs = trainer._model_outputs("student", out)
+    assert [tuple(h.shape) for h in outputs.hidden_states] == [(2, 8, 8, 8), (2, 16, 4, 4), (2, 16)]
+
+
+def test_hf_cnn_hidden_states_get_the_pooled_vector_appended(tmp_path):
+    import transformers
+    from transformers import AutoModelForImageClassification
+
+    def resnet(seed):
+        torch.manual_seed(seed)
+        return AutoModelForImageClassification.from_config(transformers.ResNetConfig(
+            embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic", num_labels=4))
+
+    args = RRDConfig(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=8, rrd_weight=0.0,
+                     distill_method="fitnet", use_cpu=True, report_to="none", logging_steps=1)
+    trainer = RRDTrainer(model=resnet(1), teacher_model=resnet(2), args=args,
+                         train_dataset=TinyImageDataset(16, num_labels=4, size=32))
+    trainer.train()
+    assert all(torch.isfinite(torch.tensor(log["loss_fitnet"])) for log in trainer.state.log_history if "loss" in log)
+    with torch.no_grad():
+        out = trainer.model(pixel_values=torch.randn(2, 3, 32, 32), output_hidden_states=True)
+    hidden = trainer._model_outputs("student", out).hidden_states
+    assert len(hidden) == len(out.hidden_states) + 1 and hidden[-1].shape == (2, 16)

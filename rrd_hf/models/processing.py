@@ -4,8 +4,11 @@ import os
 
 from transformers import PreTrainedModel
 
-CIFAR100_MEAN = (0.5071, 0.4867, 0.4408)
-CIFAR100_STD = (0.2675, 0.2565, 0.2761)
+from ..data.registry import KNOWN_DATASETS
+
+# One source of truth for the dataset statistics: rrd_hf.data's registry.
+CIFAR100_MEAN = KNOWN_DATASETS["cifar100"].mean
+CIFAR100_STD = KNOWN_DATASETS["cifar100"].std
 
 
 def cifar_image_processor(mean=CIFAR100_MEAN, std=CIFAR100_STD, size: int = 32):

@@ -9,7 +9,6 @@ A recipe is a YAML file holding fields of `ModelArguments`, `DataArguments` and 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging

@@ -321,3 +321,8 @@ def test_trainer_push_to_hub_publishes_only_the_clean_student(tmp_path, monkeypa
     # The folder remembers the run: a later `rrd-hf push` of it writes the same facts.
     later = str(build_model_card(out, repo_id="me/student", teacher="me/resnet14-teacher", dataset="cifar10"))
     assert "Hardware: CPU" in later and "| KD temperature T | 4 |" in later
+
+
+def test_rrd_trainer_publishes_through_the_hub_mixin():
+    assert issubclass(RRDTrainer, HubMixin)
+    assert RRDTrainer.push_to_hub is HubMixin.push_to_hub and RRDTrainer.create_model_card is HubMixin.create_model_card

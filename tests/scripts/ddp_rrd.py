@@ -7,7 +7,6 @@ import sys
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-import torch  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
 from helpers import TinyImageDataset, tiny_model  # noqa: E402

@@ -205,6 +205,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, config, *, teacher
             json.dump(results, handle, indent=2)
         logger.info("results: %s", results)
         print(json.dumps(results, indent=2))
+    trainer.accelerator.wait_for_everyone()  # every process is done before the process group is destroyed
     trainer.end()
     return results
 

@@ -35,7 +35,14 @@ def main(out_dir: str, per_device_batch: int, variant: str) -> None:
     logs = [log for log in trainer.state.log_history if "loss" in log]
     with open(os.path.join(out_dir, f"logs{rank}.json"), "w") as handle:
         json.dump({"world_size": trainer.args.world_size, "logs": logs}, handle)
-    trainer.end() if hasattr(trainer, "end") else None
+    trainer.accelerator.wait_for_everyone()  # every process done writing before the process group goes away
+    trainer.end()
+    # torch 2.13 can deadlock at interpreter exit when a DDP reducer tears down the gloo process group while its
+    # worker thread frees a finished all_gather (it needs the GIL the main thread holds). Everything is written:
+    # leave without running destructors.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

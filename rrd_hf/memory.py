@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["FifoMemory", "MomentumMemory", "build_memory"]
+__all__ = ["FifoMemory", "MomentumMemory", "build_memory", "momentum_update"]
 
 
 def _random_unit_rows(rows: int, dim: int, seed: int) -> torch.Tensor:
@@ -21,6 +21,33 @@ def _random_unit_rows(rows: int, dim: int, seed: int) -> torch.Tensor:
     # process whatever else consumed random numbers before.
     generator = torch.Generator().manual_seed(seed)
     return F.normalize(torch.randn(rows, dim, generator=generator), dim=1)
+
+
+def momentum_update(memory: torch.Tensor, keys: torch.Tensor, indices: torch.Tensor, momentum: float) -> torch.Tensor:
+    """A new bank with rows `indices` set to `normalize(momentum · memory[i] + (1 − momentum) · key)` (out of place).
+
+    With repeated indices (a padded last batch under data parallelism) each index's first occurrence is used, so
+    the result does not depend on the order of duplicate writes.
+    """
+    keys = keys.detach().to(device=memory.device, dtype=memory.dtype)
+    indices = indices.detach().to(device=memory.device, dtype=torch.long).reshape(-1)
+    if keys.dim() != 2 or keys.shape[1] != memory.shape[1] or keys.shape[0] != indices.numel():
+        raise ValueError(
+            f"keys must be ({indices.numel()}, {memory.shape[1]}) for {indices.numel()} indices, got {tuple(keys.shape)}."
+        )
+    if indices.numel() == 0:
+        return memory
+    if int(indices.min()) < 0 or int(indices.max()) >= memory.shape[0]:
+        raise ValueError(
+            f"sample index out of range [0, {memory.shape[0]}): min {int(indices.min())}, max {int(indices.max())}. "
+            "The memory must be sized with the number of training samples."
+        )
+    unique, inverse = torch.unique(indices, return_inverse=True)
+    positions = torch.arange(indices.numel(), device=indices.device)
+    first = torch.full_like(unique, indices.numel()).scatter_reduce(0, inverse, positions, reduce="amin")
+    indices, keys = indices[first], keys[first]
+    blended = F.normalize(momentum * memory.index_select(0, indices) + (1 - momentum) * keys, dim=1)
+    return memory.index_copy(0, indices, blended)
 
 
 class FifoMemory(nn.Module):
@@ -123,25 +150,10 @@ class MomentumMemory(nn.Module):
                 "the momentum memory needs the dataset index of every sample: give the batches an `index` column "
                 "(rrd_hf.data transforms add it with with_index=True), or use memory_type='fifo'."
             )
-        keys = keys.detach().to(device=self.keys.device, dtype=self.keys.dtype)
         indices = indices.detach().to(device=self.keys.device, dtype=torch.long).reshape(-1)
-        if indices.numel() != keys.shape[0]:
-            raise ValueError(f"got {keys.shape[0]} keys but {indices.numel()} indices.")
         if indices.numel() == 0:
             return
-        if int(indices.min()) < 0 or int(indices.max()) >= self.size:
-            raise ValueError(
-                f"sample index out of range [0, {self.size}): min {int(indices.min())}, max {int(indices.max())}. "
-                "The momentum memory must be sized with the number of training samples."
-            )
-        # A padded last batch under data parallelism repeats samples: keep each sample's first occurrence so the
-        # result does not depend on the order in which duplicate writes land.
-        unique, inverse = torch.unique(indices, return_inverse=True)
-        positions = torch.arange(indices.numel(), device=indices.device)
-        first = torch.full_like(unique, indices.numel()).scatter_reduce(0, inverse, positions, reduce="amin")
-        indices, keys = indices[first], keys[first]
-        blended = F.normalize(self.momentum * self.keys.index_select(0, indices) + (1 - self.momentum) * keys, dim=1)
-        self.keys = self.keys.index_copy(0, indices, blended)
+        self.keys = momentum_update(self.keys, keys, indices, self.momentum)
         self.written = self.written.index_fill(0, indices, True)
         self.num_updates = self.num_updates + 1
 

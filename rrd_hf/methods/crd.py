@@ -26,6 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..losses import _check_temperature
+from ..memory import momentum_update
 
 __all__ = [
     "crd_scores",
@@ -107,31 +108,8 @@ def crd_loss(
     return crd_nce_loss(out_s, num_samples) + crd_nce_loss(out_t, num_samples)
 
 
-def crd_memory_update(memory: torch.Tensor, keys: torch.Tensor, indices: torch.Tensor, momentum: float) -> torch.Tensor:
-    """A new bank with rows `indices` set to `normalize(momentum · memory[i] + (1 − momentum) · key)` (out of place).
-
-    With repeated indices (a padded last batch under data parallelism) each index's first occurrence is used, so
-    the result does not depend on the order of duplicate writes.
-    """
-    keys = keys.detach().to(device=memory.device, dtype=memory.dtype)
-    indices = indices.detach().to(device=memory.device, dtype=torch.long).reshape(-1)
-    if keys.dim() != 2 or keys.shape[1] != memory.shape[1] or keys.shape[0] != indices.numel():
-        raise ValueError(
-            f"keys must be ({indices.numel()}, {memory.shape[1]}) for {indices.numel()} indices, got {tuple(keys.shape)}."
-        )
-    if indices.numel() == 0:
-        return memory
-    if int(indices.min()) < 0 or int(indices.max()) >= memory.shape[0]:
-        raise ValueError(
-            f"sample index out of range [0, {memory.shape[0]}): min {int(indices.min())}, max {int(indices.max())}. "
-            "The CRD memory must be sized with the number of training samples."
-        )
-    unique, inverse = torch.unique(indices, return_inverse=True)
-    positions = torch.arange(indices.numel(), device=indices.device)
-    first = torch.full_like(unique, indices.numel()).scatter_reduce(0, inverse, positions, reduce="amin")
-    indices, keys = indices[first], keys[first]
-    blended = F.normalize(momentum * memory.index_select(0, indices) + (1 - momentum) * keys, dim=1)
-    return memory.index_copy(0, indices, blended)
+# The per-sample momentum rule is the one of RRD's momentum memory: one implementation for both.
+crd_memory_update = momentum_update
 
 
 def _mix_seed(*values: int) -> int:

@@ -56,12 +56,14 @@ class DataArguments:
     label_column: str | None = field(default=None, metadata={"help": "Label column, when it cannot be detected."})
 
 
-def _parser():
+def _parser(prog: str = "rrd-hf train"):
     from transformers import HfArgumentParser
 
     from .config import RRDConfig
 
-    return HfArgumentParser((ModelArguments, DataArguments, RRDConfig))
+    # An explicit usage keeps argparse errors to two lines instead of a usage listing every field.
+    return HfArgumentParser((ModelArguments, DataArguments, RRDConfig), prog=prog,
+                            usage=f"{prog} RECIPE.yaml [--field value ...]  (`{prog} --help` for the common fields)")
 
 
 def parse_recipe(argv: list[str], *, teacher_only: bool = False):
@@ -71,7 +73,7 @@ def parse_recipe(argv: list[str], *, teacher_only: bool = False):
     """
     import yaml
 
-    parser = _parser()
+    parser = _parser("rrd-hf train-teacher" if teacher_only else "rrd-hf train")
     if teacher_only:
         parser.set_defaults(kd_weight=0.0, rrd_weight=0.0)
     if argv and argv[0].endswith((".yaml", ".yml", ".json")):
@@ -199,6 +201,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, config, *, teacher
         "train_runtime": train_output.metrics.get("train_runtime"),
         "train_samples_per_second": train_output.metrics.get("train_samples_per_second"),
         **summarize_log_history(trainer.state.log_history),
+        # `rrd-hf aggregate` compares runs on these (with _rrd_run.json's training arguments)
+        "model_args": dataclasses.asdict(model_args), "data_args": dataclasses.asdict(data_args),
     }
     if trainer.is_world_process_zero():
         with open(os.path.join(config.output_dir, RESULTS_NAME), "w", encoding="utf-8") as handle:

@@ -5,22 +5,26 @@
 1. Correlation difference (CRD's figure, `cifar/plot_corr.py` of the RRD code): on each test sample the logits are
    standardised over classes (minus their mean, divided by their std); the class-wise means of these vectors give
    C×C matrices M_T and M_S (row = true class, column = logit). `|M_S − M_T|` with its diagonal zeroed is drawn as a
-   heatmap (Blues, 0 to 3); its max and mean (over all C² entries, diagonal included as zeros, as the reference
-   prints them) summarise how far the student's inter-class structure is from the teacher's.
+   heatmap whose colour scale runs from 0 to the largest difference (the reference's fixed 0..3 left typical
+   students' maps, with maxima well under 1, nearly white), class names on the ticks where they fit; its max and
+   mean (over all C² entries, diagonal included as zeros, as the reference prints them) summarise how far the
+   student's inter-class structure is from the teacher's.
 2. t-SNE (`cifar/plot_tsne.py`, perplexity 40) of the student's penultimate embeddings, i.e. the classifier's input
    read with `rrd_hf.features.FeatureTap`, coloured by class. The reference embeds the logits; the penultimate
    features are what RRD distils. With more than 20 classes only the first 20 are drawn by default (as the
-   reference's second figure does), so that colours stay distinguishable.
+   reference's second figure does), so that colours stay distinguishable and the legend can name them.
 
-Needs the `plots` extra (`pip install rrd_hf[plots]`: matplotlib, scikit-learn); matplotlib runs headless (Agg).
+Needs the `plots` extra (`pip install rrd_hf[plots]`: matplotlib, scikit-learn). Figures are drawn on
+`matplotlib.figure.Figure` objects, without pyplot: headless, and the user's backend is left alone.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
+import math
 import os
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -30,8 +34,12 @@ __all__ = [
     "class_correlation_matrix",
     "correlation_difference",
     "plot_correlation_difference",
+    "correlation_difference_figure",
+    "color_limits",
+    "tick_classes",
     "tsne_embedding",
     "plot_tsne",
+    "tsne_figure",
     "logits_and_features",
     "make_figures",
     "CORRELATION_FIGURE",
@@ -44,17 +52,19 @@ logger = logging.getLogger(__name__)
 CORRELATION_FIGURE = "correlation_difference.png"
 TSNE_FIGURE = "tsne.png"
 PLOTS_JSON = "plots.json"
+#: Up to this many classes every tick (and t-SNE legend entry) is named; beyond, every k-th tick.
+MAX_TICK_LABELS = 20
 
 
-def _pyplot():
+def _matplotlib():
+    """matplotlib, with `matplotlib.figure` loaded: figures are drawn on `Figure` objects without pyplot, so no
+    backend or global state of the user's session is touched and nothing needs closing."""
     try:
         import matplotlib
+        import matplotlib.figure
     except ImportError as error:
         raise ImportError("figures need matplotlib and scikit-learn: pip install 'rrd_hf[plots]'") from error
-    matplotlib.use("Agg", force=True)  # headless: no display on training machines
-    import matplotlib.pyplot as plt
-
-    return plt
+    return matplotlib
 
 
 # ------------------------------------------------------------------------------------------------- numbers
@@ -118,45 +128,105 @@ def tsne_embedding(features, *, perplexity: float = 40.0, max_iter: int = 1000, 
 # ------------------------------------------------------------------------------------------------- figures
 
 
-def plot_correlation_difference(difference: np.ndarray, path: str | os.PathLike, *, title: str | None = None,
-                                vmax: float = 3.0, dpi: int = 150) -> str:
-    """Heatmap of `|M_S − M_T|` (Blues, 0..vmax, colour bar), saved as PNG."""
-    plt = _pyplot()
-    size = 7.0 if len(difference) > 20 else 5.0
-    figure, axis = plt.subplots(figsize=(size + 1.2, size))
-    image = axis.imshow(difference, cmap="Blues", vmin=0.0, vmax=vmax, interpolation="nearest")
+def tick_classes(num_classes: int, max_labels: int = MAX_TICK_LABELS) -> tuple[list[int], int]:
+    """Which classes get a tick label: all up to `max_labels`, else every k-th (returned with k) so names stay legible."""
+    if num_classes <= max_labels:
+        return list(range(num_classes)), 1
+    step = math.ceil(num_classes / max_labels)
+    return list(range(0, num_classes, step)), step
+
+
+def color_limits(values, *, signed: bool | None = None, vmax: float | None = None) -> tuple[float, float]:
+    """The colour scale of a difference, from the data: symmetric around 0 for a signed one (`signed=None`: signed
+    when a value is negative), from 0 for an absolute one; `vmax` fixes its top instead. Never empty, so an all-zero
+    matrix still draws."""
+    values = np.asarray(values, dtype=np.float64)
+    finite = values[np.isfinite(values)]
+    if signed is None:
+        signed = bool((finite < 0).any())
+    if vmax is not None and not vmax > 0:
+        raise ValueError(f"vmax must be > 0, got {vmax}: it is the top of the colour scale (omit it to scale from the "
+                         "data).")
+    top = float(vmax) if vmax is not None else float(np.abs(finite).max()) if finite.size else 0.0
+    top = top if top > 0 else 1.0
+    return (-top, top) if signed else (0.0, top)
+
+
+def correlation_difference_figure(difference: np.ndarray, *, class_names: Sequence[str] | None = None,
+                                  title: str | None = None, vmax: float | None = None, signed: bool | None = None,
+                                  label: str | None = None):
+    """Heatmap of a C×C difference (a `matplotlib.figure.Figure`, no pyplot state).
+
+    The colour scale comes from the data (`color_limits`; `vmax` overrides its top): Blues from 0 for an absolute
+    difference, RdBu_r symmetric around 0 for a signed one. Ticks carry class names where they fit (`tick_classes`).
+    `label` names the quantity on the colour bar (default: |M_S − M_T|, or M_S − M_T when signed).
+    """
+    matplotlib = _matplotlib()
+    difference = np.asarray(difference, dtype=np.float64)
+    num_classes = len(difference)
+    low, high = color_limits(difference, signed=signed, vmax=vmax)
+    size = 7.0 if num_classes > 20 else 5.5
+    figure = matplotlib.figure.Figure(figsize=(size + 1.4, size))
+    axis = figure.add_subplot()
+    image = axis.imshow(difference, cmap="RdBu_r" if low < 0 else "Blues", vmin=low, vmax=high,
+                        interpolation="nearest")
     colorbar = figure.colorbar(image, ax=axis, fraction=0.046, pad=0.04)
-    colorbar.set_label("|M_S − M_T| (standardised logits)")
-    axis.set_xlabel("logit of class")
+    quantity = "M_S − M_T" if low < 0 else "|M_S − M_T|"
+    colorbar.set_label(label or f"{quantity} (class-mean standardised logit)")
+    ticks, step = tick_classes(num_classes)
+    names = list(class_names) if class_names is not None and len(class_names) == num_classes else None
+    text = [names[i] if names else str(i) for i in ticks]
+    axis.set_xticks(ticks, text, rotation=90, fontsize=7 if num_classes > 10 else 8)
+    axis.set_yticks(ticks, text, fontsize=7 if num_classes > 10 else 8)
+    every = f", one in {step} labelled" if step > 1 else ""
+    axis.set_xlabel(f"logit of class ({num_classes} classes{every})")
     axis.set_ylabel("true class")
-    axis.set_title(title or "Student vs teacher class-correlation difference")
+    axis.set_title(title or "Student vs teacher class-correlation difference", fontsize=9)
     figure.tight_layout()
-    figure.savefig(path, dpi=dpi)
-    plt.close(figure)
+    return figure
+
+
+def plot_correlation_difference(difference: np.ndarray, path: str | os.PathLike, *, dpi: int = 150, **kwargs) -> str:
+    """`correlation_difference_figure(difference, **kwargs)` saved as PNG; returns the path."""
+    correlation_difference_figure(difference, **kwargs).savefig(path, dpi=dpi)
     return os.fspath(path)
 
 
-def plot_tsne(embedding: np.ndarray, labels, path: str | os.PathLike, *, class_names=None, title: str | None = None,
-              dpi: int = 150) -> str:
-    """Scatter of a 2-D embedding coloured by class (tab20 up to 20 classes, a continuous map beyond), saved as PNG."""
-    plt = _pyplot()
+def tsne_figure(embedding: np.ndarray, labels, *, class_names: Sequence[str] | None = None, title: str | None = None,
+                max_legend: int = MAX_TICK_LABELS):
+    """Scatter of a 2-D embedding coloured by class (a `matplotlib.figure.Figure`).
+
+    Up to `max_legend` classes: tab20 colours and a legend with the class names. Beyond: a continuous colour map,
+    no legend (it would not fit), and a note saying so.
+    """
+    matplotlib = _matplotlib()
+    embedding = np.asarray(embedding)
     labels = np.asarray(labels).reshape(-1)
     classes = np.unique(labels)
-    cmap = plt.get_cmap("tab20" if len(classes) <= 20 else "nipy_spectral")
-    figure, axis = plt.subplots(figsize=(8.5 if len(classes) <= 20 else 7.5, 7))
+    named = len(classes) <= max_legend
+    cmap = matplotlib.colormaps["tab20" if named else "nipy_spectral"]
+    figure = matplotlib.figure.Figure(figsize=(8.5 if named else 7.5, 7))
+    axis = figure.add_subplot()
     for rank, cls in enumerate(classes):
         chosen = labels == cls
-        colour = cmap(rank % 20) if len(classes) <= 20 else cmap(rank / max(len(classes) - 1, 1))
+        colour = cmap(rank % 20) if named else cmap(rank / max(len(classes) - 1, 1))
         name = class_names[cls] if class_names is not None and cls < len(class_names) else str(cls)
         axis.scatter(embedding[chosen, 0], embedding[chosen, 1], s=6, alpha=0.7, color=colour, label=name)
-    if len(classes) <= 20:
+    if named:
         axis.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7, markerscale=2.5, frameon=False)
+    else:
+        axis.text(0.01, 0.01, f"{len(classes)} classes: too many to name, colours follow the class index",
+                  transform=axis.transAxes, fontsize=7, va="bottom")
     axis.set_xlabel("t-SNE 1")
     axis.set_ylabel("t-SNE 2")
-    axis.set_title(title or "t-SNE of the student's penultimate embeddings")
+    axis.set_title(title or "t-SNE of the student's penultimate embeddings", fontsize=9)
     figure.tight_layout()
-    figure.savefig(path, dpi=dpi)
-    plt.close(figure)
+    return figure
+
+
+def plot_tsne(embedding: np.ndarray, labels, path: str | os.PathLike, *, dpi: int = 150, **kwargs) -> str:
+    """`tsne_figure(embedding, labels, **kwargs)` saved as PNG; returns the path."""
+    tsne_figure(embedding, labels, **kwargs).savefig(path, dpi=dpi)
     return os.fspath(path)
 
 
@@ -211,7 +281,7 @@ def make_figures(
     tsne_classes: int | None = 20,
     perplexity: float = 40.0,
     max_iter: int = 1000,
-    vmax: float = 3.0,
+    vmax: float | None = None,
     batch_size: int = 256,
     device=None,
     seed: int = 0,
@@ -224,12 +294,13 @@ def make_figures(
     for the student; the teacher gets them resized/renormalised to what its image processor says (if it has one).
     `max_samples` caps the evaluation samples (first N, deterministic), `tsne_max_samples` those of the t-SNE (seeded
     random subset), `tsne_classes` restricts the t-SNE to the first N classes when there are more (None: all).
+    `vmax` fixes the top of the heatmap's colour scale (default: the largest difference).
     """
     from .data import find_dataset_info, infer_dataset_info, load_image_dataset, prepare_dataset
     from .teacher_inputs import ImageStats, TeacherInputAdapter, image_stats_from_pretrained
     from .trainer import check_same_labels, load_image_classifier
 
-    _pyplot()  # fail early, before the forward passes, when matplotlib is missing
+    _matplotlib()  # fail early, before the forward passes, when matplotlib is missing
     teacher_path = os.fspath(teacher) if isinstance(teacher, (str, os.PathLike)) else None
     student_path = os.fspath(student) if isinstance(student, (str, os.PathLike)) else None
     if student_path is not None:
@@ -268,7 +339,7 @@ def make_figures(
     pretty = {"cifar100": "CIFAR-100", "cifar10": "CIFAR-10", "tiny-imagenet": "Tiny ImageNet", "stl10": "STL-10"}
     data_name = f"{pretty.get(info.name, info.name)} {split_name}"
     corr_path = plot_correlation_difference(
-        diff["matrix"], os.path.join(output_dir, CORRELATION_FIGURE), vmax=vmax, dpi=dpi,
+        diff["matrix"], os.path.join(output_dir, CORRELATION_FIGURE), vmax=vmax, dpi=dpi, class_names=class_names,
         title=f"|M_S − M_T|, student {s_name} vs teacher {t_name}\n{data_name}, max {diff['max_difference']:.2f}, "
               f"mean {diff['mean_difference']:.3f}")
 
@@ -287,6 +358,7 @@ def make_figures(
         "student": student_path or s_name, "teacher": teacher_path or t_name, "dataset": data_name,
         "num_samples": int(len(labels)), "num_classes": int(num_classes),
         "max_difference": diff["max_difference"], "mean_difference": diff["mean_difference"],
+        "color_scale": list(color_limits(diff["matrix"], vmax=vmax)),
         "classes_without_samples": diff["classes_without_samples"],
         "tsne_samples": int(len(chosen)), "tsne_classes": tsne_classes if restricted else int(num_classes),
         "perplexity": perplexity, "max_iter": max_iter,
@@ -295,38 +367,3 @@ def make_figures(
     with open(os.path.join(output_dir, PLOTS_JSON), "w", encoding="utf-8") as handle:
         json.dump(summary, handle, indent=2)
     return summary
-
-
-def _plots(argv: list[str]) -> None:
-    """`rrd-hf plots CHECKPOINT --teacher T --dataset cifar100 [--output-dir DIR]`."""
-    parser = argparse.ArgumentParser(
-        prog="rrd-hf plots",
-        description="The paper's figures: student vs teacher class-correlation difference of the logits and a t-SNE "
-        "of the student's penultimate embeddings (PNG + plots.json).",
-    )
-    parser.add_argument("checkpoint", help="the student: folder written by save_pretrained, or a Hub id")
-    parser.add_argument("--teacher", required=True, help="the teacher: folder or Hub id")
-    parser.add_argument("--dataset", default="cifar100", help="known dataset name (default cifar100)")
-    parser.add_argument("--data-dir", default=None, help="local copy of the dataset (default: its Hub id)")
-    parser.add_argument("--split", default=None, help="default: the dataset's evaluation split")
-    parser.add_argument("--output-dir", default=None,
-                        help="default: CHECKPOINT/figures for a local checkpoint (where `rrd-hf push` finds them)")
-    parser.add_argument("--image-size", type=int, default=32)
-    parser.add_argument("--max-samples", type=int, default=None, help="first N evaluation samples")
-    parser.add_argument("--tsne-max-samples", type=int, default=5000, help="random subset for the t-SNE")
-    parser.add_argument("--tsne-classes", type=int, default=20, help="t-SNE of the first N classes only (0: all)")
-    parser.add_argument("--perplexity", type=float, default=40.0)
-    parser.add_argument("--max-iter", type=int, default=1000, help="t-SNE iterations (scikit-learn max_iter)")
-    parser.add_argument("--vmax", type=float, default=3.0, help="top of the heatmap's colour scale")
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    output_dir = args.output_dir or (os.path.join(args.checkpoint, "figures") if os.path.isdir(args.checkpoint) else "figures")
-    summary = make_figures(
-        args.checkpoint, args.teacher, args.dataset, data_dir=args.data_dir, split=args.split, output_dir=output_dir,
-        image_size=args.image_size, max_samples=args.max_samples, tsne_max_samples=args.tsne_max_samples,
-        tsne_classes=args.tsne_classes or None, perplexity=args.perplexity, max_iter=args.max_iter, vmax=args.vmax,
-        batch_size=args.batch_size, device=args.device, seed=args.seed,
-    )
-    print(json.dumps({"output_dir": output_dir, **summary}, indent=2))

@@ -9,16 +9,19 @@ from datasets import ClassLabel, Dataset, Features, Image as ImageFeature
 from PIL import Image
 
 from helpers import tiny_model
-from rrd_hf.data import CIFAR100_COARSE_CLASS_NAMES, CIFAR100_FINE_CLASS_NAMES
+from rrd_hf.data import CIFAR10_CLASS_NAMES, CIFAR100_COARSE_CLASS_NAMES, CIFAR100_FINE_CLASS_NAMES
 from rrd_hf.models import build_model, cifar_image_processor
 from rrd_hf.plots import (
     CORRELATION_FIGURE,
     PLOTS_JSON,
     TSNE_FIGURE,
     class_correlation_matrix,
+    color_limits,
     correlation_difference,
+    correlation_difference_figure,
     make_figures,
     standardize_logits,
+    tsne_figure,
 )
 
 FAST = dict(max_iter=250, perplexity=10.0, batch_size=64, device="cpu", progress=False, dpi=60)
@@ -63,6 +66,57 @@ def test_classes_without_samples_are_reported_not_invented():
     assert result["classes_without_samples"] == 1 and np.all(result["matrix"][1] == 0)
 
 
+def heatmap_parts(figure):
+    """(image, colour bar axis, heatmap axis) of a correlation-difference figure."""
+    heatmap, colorbar = figure.axes
+    return heatmap.images[0], colorbar, heatmap
+
+
+def test_heatmap_scale_comes_from_the_data():
+    rng = np.random.default_rng(0)
+    absolute = np.abs(rng.normal(scale=0.2, size=(10, 10)))
+    absolute[3, 4] = 0.58  # the largest difference of the issue's run, drawn at the top of the scale, not at 0.58/3
+    np.fill_diagonal(absolute, 0)
+    image, colorbar, _ = heatmap_parts(correlation_difference_figure(absolute, class_names=CIFAR10_CLASS_NAMES))
+    assert image.get_clim() == pytest.approx((0.0, 0.58)) and image.get_cmap().name == "Blues"
+    assert colorbar.get_ylabel().startswith("|M_S − M_T|")
+
+    signed = rng.normal(scale=0.3, size=(10, 10))
+    signed[0, 1], signed[2, 3] = -0.9, 0.4
+    image, colorbar, _ = heatmap_parts(correlation_difference_figure(signed))
+    assert image.get_clim() == pytest.approx((-0.9, 0.9)) and image.get_cmap().name == "RdBu_r"  # 0 is white
+    assert colorbar.get_ylabel().startswith("M_S − M_T")
+
+    image, _, _ = heatmap_parts(correlation_difference_figure(absolute, vmax=3.0))  # the reference's scale, on request
+    assert image.get_clim() == (0.0, 3.0)
+    assert color_limits(np.zeros((4, 4))) == (0.0, 1.0)  # an all-zero map still has a scale
+    with pytest.raises(ValueError, match="vmax must be > 0"):
+        color_limits(absolute, vmax=0)
+
+
+def test_heatmap_ticks_carry_class_names_where_they_fit():
+    _, _, axis = heatmap_parts(correlation_difference_figure(np.eye(10), class_names=CIFAR10_CLASS_NAMES))
+    assert [t.get_text() for t in axis.get_xticklabels()] == list(CIFAR10_CLASS_NAMES)
+    assert [t.get_text() for t in axis.get_yticklabels()] == list(CIFAR10_CLASS_NAMES)
+    _, _, axis = heatmap_parts(correlation_difference_figure(np.eye(100), class_names=CIFAR100_FINE_CLASS_NAMES))
+    assert [t.get_text() for t in axis.get_xticklabels()] == list(CIFAR100_FINE_CLASS_NAMES[::5])
+    assert list(axis.get_xticks()) == list(range(0, 100, 5)) and "one in 5 labelled" in axis.get_xlabel()
+    _, _, axis = heatmap_parts(correlation_difference_figure(np.eye(4)))  # no names: class numbers
+    assert [t.get_text() for t in axis.get_xticklabels()] == ["0", "1", "2", "3"]
+
+
+def test_tsne_legend_names_the_classes_where_they_fit():
+    rng = np.random.default_rng(0)
+    labels = np.arange(60) % 10
+    figure = tsne_figure(rng.normal(size=(60, 2)), labels, class_names=CIFAR10_CLASS_NAMES)
+    (axis,) = figure.axes
+    assert [t.get_text() for t in axis.get_legend().get_texts()] == list(CIFAR10_CLASS_NAMES)
+    labels = np.arange(200) % 40
+    (axis,) = tsne_figure(rng.normal(size=(200, 2)), labels, class_names=CIFAR100_FINE_CLASS_NAMES).axes
+    assert axis.get_legend() is None
+    assert any("40 classes: too many to name" in text.get_text() for text in axis.texts)
+
+
 def make_cifar100_test(n=120, seed=0):
     """`uoft-cs/cifar100` schema (32x32, fine and coarse labels); labels 0..39 so the t-SNE keeps the first 20."""
     rng = np.random.default_rng(seed)
@@ -96,6 +150,7 @@ def test_make_figures_writes_valid_pngs_and_a_summary(cifar100_dir, tmp_path):
     saved = json.loads((tmp_path / "fig" / PLOTS_JSON).read_text())
     assert saved == summary and summary["num_samples"] == 120 and summary["dataset"] == "CIFAR-100 test"
     assert summary["max_difference"] > 0 and 0 < summary["mean_difference"] < summary["max_difference"]
+    assert summary["color_scale"] == pytest.approx([0.0, summary["max_difference"]])
     assert summary["tsne_classes"] == 20 and summary["tsne_samples"] == 60  # labels < 20 of 0..39
     assert summary["classes_without_samples"] == 60  # classes 40..99 have no test sample here
 

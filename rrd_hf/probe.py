@@ -22,8 +22,6 @@ batch on the device by `DeviceAugmentation`.
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import os
 import random
@@ -227,54 +225,3 @@ def linear_probe(
         "seconds": round(time.time() - started, 2),
         "history": history,
     }
-
-
-def _probe(argv: list[str]) -> None:
-    """`rrd-hf probe CHECKPOINT --dataset stl10|tiny-imagenet [...]`."""
-    d = PROBE_DEFAULTS
-    parser = argparse.ArgumentParser(
-        prog="rrd-hf probe",
-        description="Transfer linear probe (CRD/RRD protocol): freeze the model, train a new linear classifier on "
-        "the target dataset at 32x32, report top-1 of the last and the best epoch.",
-    )
-    parser.add_argument("checkpoint", help="folder written by save_pretrained, or a Hub id")
-    parser.add_argument("--dataset", default="stl10", help="stl10 or tiny-imagenet (any known dataset works)")
-    parser.add_argument("--data-dir", default=None, help="local copy of the dataset (default: its Hub id)")
-    parser.add_argument("--train-split", default=None)
-    parser.add_argument("--eval-split", default=None, help="default: test (STL-10), valid (Tiny ImageNet)")
-    parser.add_argument("--epochs", type=int, default=d["epochs"])
-    parser.add_argument("--milestones", type=int, nargs="*", default=list(d["milestones"]), help="epochs of LR x0.1")
-    parser.add_argument("--lr", type=float, default=None, help="default 0.05 (0.01 for MobileNetV2/ShuffleNets)")
-    parser.add_argument("--lr-decay-rate", type=float, default=d["lr_decay_rate"])
-    parser.add_argument("--momentum", type=float, default=d["momentum"])
-    parser.add_argument("--weight-decay", type=float, default=d["weight_decay"])
-    parser.add_argument("--batch-size", type=int, default=d["batch_size"])
-    parser.add_argument("--eval-batch-size", type=int, default=256)
-    parser.add_argument("--image-size", type=int, default=d["image_size"])
-    parser.add_argument("--max-train-samples", type=int, default=None, help="seeded random subset of the train split")
-    parser.add_argument("--max-eval-samples", type=int, default=None, help="seeded random subset of the eval split")
-    parser.add_argument("--bn-train", action="store_true",
-                        help="keep the model in train mode like the reference code: BatchNorm running statistics adapt "
-                        "to the target data (default: frozen source statistics, backbone in eval mode)")
-    parser.add_argument("--feature-module", default=None, help="dotted name of the classifier to replace")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--num-workers", type=int, default=0, help="processes decoding the images once")
-    parser.add_argument("--output", default=None, help="also write the metrics to this JSON file "
-                        "(name it CHECKPOINT/probe_<dataset>.json to have `rrd-hf push` put it in the model card)")
-    parser.add_argument("--no-history", action="store_true", help="leave the per-epoch history out of the printout")
-    args = parser.parse_args(argv)
-    metrics = linear_probe(
-        args.checkpoint, args.dataset, data_dir=args.data_dir, train_split=args.train_split,
-        eval_split=args.eval_split, epochs=args.epochs, milestones=args.milestones, lr=args.lr,
-        lr_decay_rate=args.lr_decay_rate, momentum=args.momentum, weight_decay=args.weight_decay,
-        batch_size=args.batch_size, eval_batch_size=args.eval_batch_size, image_size=args.image_size,
-        max_train_samples=args.max_train_samples, max_eval_samples=args.max_eval_samples, bn_train=args.bn_train,
-        feature_module=args.feature_module, device=args.device, seed=args.seed, num_workers=args.num_workers,
-    )
-    if args.output:
-        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-        with open(args.output, "w", encoding="utf-8") as handle:
-            json.dump(metrics, handle, indent=2)
-    shown = {k: v for k, v in metrics.items() if k != "history"} if args.no_history else metrics
-    print(json.dumps(shown, indent=2))

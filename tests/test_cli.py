@@ -1,7 +1,10 @@
-"""The command line: evaluate, aggregate, the demo, and `accelerate launch -m rrd_hf.train` on a recipe."""
+"""The command line: every subcommand's help and errors, evaluate, aggregate, the declared dependencies, the demo,
+and `accelerate launch -m rrd_hf.train` on a recipe."""
 
+import ast
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,8 +13,10 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import TinyImageDataset, tiny_model
+from rrd_hf.cli import COMMANDS, DEBUG_ENV
 from rrd_hf.cli import main as cli
-from rrd_hf.results import aggregate_results, summarize_log_history
+from rrd_hf.results import MixedConfigurationsError, aggregate_results, aggregate_runs, load_run, summarize_log_history
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,6 +37,20 @@ def cifar10_like(tmp_path_factory):
     path = tmp_path_factory.mktemp("data") / "cifar10"
     datasets.DatasetDict(train=split(24), test=split(12)).save_to_disk(str(path))
     return str(path)
+
+
+def run_cli(argv, capsys):
+    """(exit status, stdout, stderr) of `rrd-hf ARGV` run in this process."""
+    try:
+        cli(argv)
+        code = 0
+    except SystemExit as exit_info:
+        code = exit_info.code if isinstance(exit_info.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# ------------------------------------------------------------------------------------------------- evaluate
 
 
 def test_evaluate_reports_top1_top5_of_a_checkpoint(tmp_path, cifar10_like, capsys):
@@ -55,6 +74,34 @@ def test_evaluate_reports_top1_top5_of_a_checkpoint(tmp_path, cifar10_like, caps
     assert metrics["top5"] == pytest.approx(100 * (top5 == labels[:, None]).any(1).float().mean().item())
     assert '"top1"' in capsys.readouterr().out
 
+    # --data-dir: a local copy of a known dataset gives the same numbers as the path itself
+    cli(["evaluate", str(tmp_path / "ckpt"), "--dataset", "cifar10", "--data-dir", cifar10_like, "--split", "test",
+         "--device", "cpu", "--output", str(tmp_path / "dir.json")])
+    from_dir = json.loads((tmp_path / "dir.json").read_text())
+    assert (from_dir["top1"], from_dir["top5"], from_dir["num_samples"]) == (metrics["top1"], metrics["top5"], 12)
+
+
+# ------------------------------------------------------------------------------------------------- aggregate
+
+
+def write_cli_run(folder: Path, seed: int, best: float, last: float, **fields) -> str:
+    """A run folder as `rrd-hf train` leaves it: results.json, _rrd_run.json (training arguments) and config.json."""
+    folder.mkdir(parents=True)
+    args = {"output_dir": str(folder), "seed": seed, "learning_rate": 0.05, "num_train_epochs": 240.0,
+            "per_device_train_batch_size": 64, "ce_weight": 1.0, "kd_weight": 1.0, "rrd_weight": 1.0,
+            "logging_steps": 50, "report_to": []}
+    args.update(fields)
+    (folder / "results.json").write_text(json.dumps({
+        "dataset": "cifar100", "student": "resnet8x4", "teacher": "me/resnet32x4", "seed": seed,
+        "ce_weight": args["ce_weight"], "kd_weight": args["kd_weight"], "rrd_weight": args["rrd_weight"],
+        "best_top1": best, "last_top1": last, "data_args": {"dataset": "cifar100", "max_train_samples": None}}))
+    (folder / "_rrd_run.json").write_text(json.dumps({
+        "teacher": "me/resnet32x4", "dataset": "cifar100", "world_size": 1, "student_init": "",
+        "summary": {"best_top1": best, "last_top1": last}, "training_args": args}))
+    (folder / "config.json").write_text(json.dumps({"zoo_name": "resnet8x4", "model_type": "cifar_resnet",
+                                                    "num_labels": 100, "transformers_version": "5.24.0"}))
+    return str(folder)
+
 
 def test_results_best_last_and_aggregate(tmp_path, capsys):
     history = [{"loss": 1.0, "step": 1}, {"eval_accuracy": 0.5, "eval_top5_accuracy": 0.9, "epoch": 1.0, "step": 10},
@@ -62,26 +109,235 @@ def test_results_best_last_and_aggregate(tmp_path, capsys):
                {"eval_accuracy": 0.6, "eval_top5_accuracy": 0.97, "epoch": 3.0, "step": 30}]
     summary = summarize_log_history(history)
     assert (summary["best_top1"], summary["best_epoch"], summary["last_top1"], summary["last_epoch"]) == (70.0, 2.0, 60.0, 3.0)
-    runs = []
-    for seed, (best, last) in enumerate([(75.0, 74.0), (76.0, 75.5), (77.0, 75.0)]):
-        run = tmp_path / f"seed{seed}"
-        run.mkdir()
-        (run / "results.json").write_text(json.dumps({"best_top1": best, "last_top1": last}))
-        runs.append(str(run))
+    runs = [write_cli_run(tmp_path / f"seed{seed}", seed, best, last)
+            for seed, (best, last) in enumerate([(75.0, 74.0), (76.0, 75.5), (77.0, 75.0)])]
     aggregate = aggregate_results(json.loads(Path(r, "results.json").read_text()) for r in runs)
     assert aggregate["best_top1"]["mean"] == pytest.approx(76.0) and aggregate["best_top1"]["std"] == pytest.approx(1.0)
     assert aggregate["last_top1"]["mean"] == pytest.approx(74.8333, abs=1e-3)
-    cli(["aggregate", *runs])
-    assert "best_top1: 76.00 ± 1.00  (n=3)" in capsys.readouterr().out
-    with pytest.raises(FileNotFoundError, match="results.json"):
+    code, out, _ = run_cli(["aggregate", *runs], capsys)
+    assert code == 0
+    assert "best_top1: 76.00 ± 1.00  (n=3)" in out and "runs: 3 (seeds 0, 1, 2)" in out
+    assert "student resnet8x4, teacher me/resnet32x4, dataset cifar100" in out
+
+
+def test_aggregate_refuses_runs_of_different_configurations(tmp_path, capsys):
+    kd = [write_cli_run(tmp_path / f"kd{s}", s, 74.0 + s, 73.0 + s, kd_weight=1.0) for s in range(2)]
+    alone = [write_cli_run(tmp_path / f"alone{s}", s, 70.0 + s, 69.0 + s, kd_weight=0.0) for s in range(2)]
+    with pytest.raises(MixedConfigurationsError) as error:
+        aggregate_runs([*kd, *alone])
+    assert [len(group.runs) for group in error.value.groups] == [2, 2]
+
+    code, out, err = run_cli(["aggregate", *kd, *alone], capsys)
+    assert code == 1 and out == "" and "Traceback" not in err
+    assert "2 different configurations" in err
+    assert re.search(r"kd_weight: 1\.0 in .*kd0, .*kd1; 0\.0 in .*alone0, .*alone1", err)
+    assert "learning_rate" not in err and "seed" not in err.split("They differ in:")[1].split("Aggregate")[0]
+    assert f"rrd-hf aggregate {kd[0]} {kd[1]}" in err and f"rrd-hf aggregate {alone[0]} {alone[1]}" in err
+
+    code, out, _ = run_cli(["aggregate", "--per-config", *kd, *alone], capsys)
+    assert code == 0
+    assert "configuration 1 of 2: kd_weight=1.0" in out and "configuration 2 of 2: kd_weight=0.0" in out
+    assert "best_top1: 74.50 ± 0.71  (n=2)" in out and "best_top1: 70.50 ± 0.71  (n=2)" in out
+
+    # every field that changes the result splits the set; the seed and output_dir do not
+    lr = write_cli_run(tmp_path / "lr", 5, 71.0, 70.0, learning_rate=0.01)
+    with pytest.raises(MixedConfigurationsError, match="learning_rate: 0.05 in"):
+        aggregate_runs([*kd, lr])
+    assert len(aggregate_runs([*kd, lr], ignore=["learning_rate"])) == 1
+    code, out, _ = run_cli(["aggregate", "--json", "--ignore", "learning_rate", *kd, lr], capsys)
+    groups = json.loads(out)
+    assert code == 0 and len(groups) == 1 and groups[0]["seeds"] == [0, 1, 5]
+
+
+def test_aggregate_warns_about_a_repeated_seed(tmp_path, capsys):
+    runs = [write_cli_run(tmp_path / name, 0, 75.0, 74.0) for name in ("a", "b")]
+    code, out, _ = run_cli(["aggregate", *runs], capsys)
+    assert code == 0 and "seed(s) 0 appear more than once" in out
+
+
+def api_run(folder: Path, seed: int, kd_weight: float) -> str:
+    """Train and save through the Python API (no results.json: only what RRDTrainer.save_model writes)."""
+    from rrd_hf import RRDConfig, RRDTrainer
+
+    args = RRDConfig(output_dir=str(folder), max_steps=2, per_device_train_batch_size=8, memory_size=16,
+                     kd_weight=kd_weight, use_cpu=True, report_to="none", disable_tqdm=True, save_strategy="no",
+                     learning_rate=0.05, optim="sgd", seed=seed)
+    trainer = RRDTrainer(model=tiny_model(seed=seed), teacher_model=tiny_model(width=16, seed=9), args=args,
+                         train_dataset=TinyImageDataset(32, with_index=True), eval_dataset=TinyImageDataset(16, seed=1))
+    trainer.train()
+    trainer.evaluate()
+    trainer.save_model()
+    return str(folder)
+
+
+def test_aggregate_reads_runs_saved_through_the_python_api(tmp_path, capsys):
+    runs = [api_run(tmp_path / f"kd{seed}", seed, 1.0) for seed in (0, 1)]
+    other = api_run(tmp_path / "no_kd", 0, 0.0)
+    assert not (tmp_path / "kd0" / "results.json").exists()
+    run = load_run(runs[0])
+    assert run.seed == 0 and 0 <= run.metrics["best_top1"] <= 100
+    assert run.configuration["student"] == "TinyConvForImageClassification"
+    assert run.configuration["student.width"] == 8 and run.configuration["teacher_architecture"]
+    (group,) = aggregate_runs(runs)
+    assert group["num_runs"] == 2 and group["seeds"] == [0, 1]
+    with pytest.raises(MixedConfigurationsError, match="kd_weight"):
+        aggregate_runs([*runs, other])
+    code, out, _ = run_cli(["aggregate", *runs], capsys)
+    assert code == 0 and "(n=2)" in out
+
+
+def test_aggregate_names_the_file_of_a_bad_run(tmp_path, capsys, monkeypatch):
+    good = write_cli_run(tmp_path / "good", 0, 75.0, 74.0)
+    broken = tmp_path / "broken"
+    write_cli_run(broken, 1, 75.0, 74.0)
+    (broken / "results.json").write_text('{"best_top1": 75.0,')  # truncated by an interrupted run
+    code, _, err = run_cli(["aggregate", good, str(broken)], capsys)
+    assert code == 1 and "Traceback" not in err and "JSONDecodeError" not in err
+    assert f"{broken / 'results.json'} is not valid JSON" in err and "leave its folder out" in err
+
+    (broken / "results.json").write_text("[75.0, 74.0]")
+    with pytest.raises(ValueError, match=r"results.json holds a JSON list, not an object"):
+        load_run(broken)
+    (broken / "results.json").write_text(json.dumps({"best_top1": "75%"}))
+    with pytest.raises(ValueError, match=r"best_top1 is '75%', not a finite number"):
+        load_run(broken)
+    (broken / "results.json").write_text(json.dumps({"num_evaluations": 0}))
+    with pytest.raises(ValueError, match="has no accuracy"):
+        load_run(broken)
+
+    (tmp_path / "parent" / "seed0").mkdir(parents=True)
+    write_cli_run(tmp_path / "parent" / "seed1", 1, 75.0, 74.0)
+    with pytest.raises(FileNotFoundError, match=r"It contains run folders \(seed1\): pass those"):
+        load_run(tmp_path / "parent")
+    code, _, err = run_cli(["aggregate", str(tmp_path / "missing")], capsys)
+    assert code == 1 and "missing not found" in err and "Traceback" not in err
+    with pytest.raises(FileNotFoundError):  # the exception, and so its traceback, on request
+        cli(["--debug", "aggregate", str(tmp_path / "missing")])
+    monkeypatch.setenv(DEBUG_ENV, "1")
+    with pytest.raises(FileNotFoundError):
         cli(["aggregate", str(tmp_path / "missing")])
 
 
-def test_unknown_command_exits_with_usage(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        cli(["trian"])
-    assert exit_info.value.code == 2
-    assert "unknown command 'trian'" in capsys.readouterr().err
+# ------------------------------------------------------------------------------------------------- help and errors
+
+
+def test_every_subcommand_has_a_short_help_with_its_positionals_first(capsys):
+    code, out, _ = run_cli(["--help"], capsys)
+    assert code == 0 and all(f"  {name} " in out for name in COMMANDS)
+    expected = {"train": "RECIPE.yaml", "train-teacher": "RECIPE.yaml", "evaluate": "CHECKPOINT",
+                "aggregate": "RUN", "probe": "CHECKPOINT", "plots": "CHECKPOINT", "demo": "[options]"}
+    for name, positional in expected.items():
+        code, out, _ = run_cli([name, "--help"], capsys)
+        usage = out.splitlines()[0]
+        assert code == 0 and usage.startswith(f"usage: rrd-hf {name} {positional}"), usage
+        assert len(out.splitlines()) < 90, f"{name} --help is {len(out.splitlines())} lines"
+    shared = {"evaluate": ("--output FILE.json",), "probe": ("--seed N", "--output FILE.json"),
+              "plots": ("--seed N", "--output-dir DIR")}
+    for name, own in shared.items():  # the same flag names wherever they apply
+        _, out, _ = run_cli([name, "--help"], capsys)
+        for flag in ("--dataset NAME", "--data-dir DIR", "--split SPLIT", "--batch-size N", "--device DEVICE", *own):
+            assert flag in out, (name, flag)
+
+
+def test_train_help_is_short_and_points_to_every_field(capsys):
+    code, out, _ = run_cli(["train", "--help"], capsys)
+    assert code == 0 and out.startswith("usage: rrd-hf train RECIPE.yaml")
+    assert "RECIPE.yaml" in out.split("positional arguments:")[1]
+    assert "--kd_weight X" in out and "--per_device_train_batch_size N" in out and "--bf16 [BOOL]" in out
+    assert "`rrd-hf train --help-all` lists them" in out and "--lr_scheduler_type" not in out
+    assert "accelerate launch --config_file recipes/accelerate/multi_gpu.yaml -m rrd_hf.train" in out
+    code, everything, _ = run_cli(["train", "--help-all"], capsys)
+    assert code == 0 and everything.startswith("usage: rrd-hf train RECIPE.yaml")
+    assert "--lr_scheduler_type" in everything and "--distill_kwargs" in everything
+    assert len(everything.splitlines()) > 5 * len(out.splitlines())
+    _, teacher, _ = run_cli(["train-teacher", "-h"], capsys)
+    assert teacher.startswith("usage: rrd-hf train-teacher") and "--kd_weight" not in teacher
+
+
+def test_argument_errors_are_two_lines_not_a_usage_dump(tmp_path, capsys):
+    code, out, err = run_cli(["train", "--learning_rate", "abc"], capsys)
+    assert code == 2 and out == ""
+    assert err.splitlines()[0].startswith("usage: rrd-hf train RECIPE.yaml") and len(err.splitlines()) == 2
+    assert "invalid float value: 'abc'" in err
+    code, _, err = run_cli(["evaluate"], capsys)
+    assert code == 2 and "the following arguments are required: CHECKPOINT" in err and len(err.splitlines()) == 3
+    code, _, err = run_cli(["trian"], capsys)
+    assert code == 2 and "unknown command 'trian'. Did you mean 'train'?" in err
+
+
+def test_user_errors_print_one_message_without_a_traceback(tmp_path, capsys):
+    recipe = tmp_path / "typo.yaml"
+    recipe.write_text("student: resnet8\nlerning_rate: 0.1\n")
+    code, out, err = run_cli(["train", str(recipe)], capsys)
+    assert code == 1 and "Traceback" not in err
+    assert err.startswith(f"rrd-hf train: error: recipe {recipe} has unknown fields ['lerning_rate']")
+    assert err.splitlines()[-1] == f"({DEBUG_ENV}=1 shows the traceback)" and len(err.splitlines()) == 2
+
+
+def test_a_command_line_user_error_in_a_fresh_process(tmp_path):
+    """The console script as a user runs it: exit status 1, the message, no traceback; RRD_HF_DEBUG=1 shows it."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env.pop(DEBUG_ENV, None)
+    command = [sys.executable, "-m", "rrd_hf.cli", "aggregate", str(tmp_path / "nowhere")]
+    quiet = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert quiet.returncode == 1 and "Traceback" not in quiet.stderr and "nowhere not found" in quiet.stderr
+    loud = subprocess.run(command, env={**env, DEBUG_ENV: "1"}, capture_output=True, text=True, timeout=300)
+    assert loud.returncode == 1 and "Traceback" in loud.stderr
+
+
+# ------------------------------------------------------------------------------------------------- dependencies
+
+
+def test_every_import_is_a_declared_dependency_or_a_guarded_extra():
+    """Each third-party import of rrd_hf is in `dependencies`, or sits in a `try: ... except ImportError` whose
+    message names a `pip install 'rrd_hf[extra]'` that lists it."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+    def name(requirement: str) -> str:
+        return re.split(r"[<>=!~\[; ]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+
+    required = {name(r) for r in project["dependencies"]}
+    extras = {extra: {name(r) for r in requirements} for extra, requirements in project["optional-dependencies"].items()}
+    distribution = {"PIL": "pillow", "yaml": "pyyaml", "sklearn": "scikit-learn"}  # import name -> distribution
+    problems = []
+    for path in sorted((ROOT / "rrd_hf").rglob("*.py")):
+        tree = ast.parse(path.read_text(), filename=str(path))
+        guarded = {}  # id(import node) -> the extra its handler names
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Try):
+                handlers = " ".join(ast.unparse(h) for h in node.handlers if "ImportError" in ast.unparse(h.type or h))
+                extra = re.search(r"rrd_hf\[(\w+)\]", handlers)
+                for inner in node.body:
+                    for child in ast.walk(inner):
+                        guarded[id(child)] = extra.group(1) if extra else None
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                modules = [node.module]
+            else:
+                continue
+            for module in modules:
+                top = module.split(".")[0]
+                if top in sys.stdlib_module_names or top == "rrd_hf":
+                    continue
+                dist = distribution.get(top, top).lower().replace("_", "-")
+                where = f"{path.relative_to(ROOT)}:{node.lineno} imports {top}"
+                if dist in required:
+                    continue
+                extra = guarded.get(id(node))
+                if extra is None:
+                    problems.append(f"{where}: not a dependency, and not guarded by an ImportError naming an extra")
+                elif dist not in extras.get(extra, set()):
+                    problems.append(f"{where}: its message names rrd_hf[{extra}], which does not list {dist}")
+    assert not problems, "\n".join(problems)
+    for integration in ("tensorboard", "wandb", "trackio"):  # report_to="<name>" has an extra that installs it
+        assert integration in extras.get(integration, set()), integration
+
+
+# ------------------------------------------------------------------------------------------------- launchers
 
 
 def test_accelerate_launch_runs_a_recipe_like_rrd_hf_train(tmp_path, cifar10_like):
@@ -105,6 +361,9 @@ def test_accelerate_launch_runs_a_recipe_like_rrd_hf_train(tmp_path, cifar10_lik
     assert (results["global_step"], results["seed"], results["kd_weight"]) == (2, 3, 1.0)
     args = torch.load(tmp_path / "run" / "training_args.bin", weights_only=False)
     assert args.weight_decay == 5e-4 and isinstance(args.weight_decay, float)  # YAML's "5e-4" string coerced
+    run = load_run(tmp_path / "run")  # the folder `rrd-hf aggregate` reads
+    assert run.seed == 3 and run.configuration["student"] == "resnet8" and run.configuration["kd_weight"] == 1.0
+    assert run.configuration["weight_decay"] == 5e-4 and run.configuration["data.max_train_samples"] is None
 
 
 def test_demo_runs_end_to_end_on_a_small_budget(tmp_path, capsys):
@@ -115,12 +374,17 @@ def test_demo_runs_end_to_end_on_a_small_budget(tmp_path, capsys):
     from transformers import AutoModelForImageClassification
 
     cli(["demo", "--output-dir", str(tmp_path), "--train-samples", "256", "--eval-samples", "128",
-         "--epochs", "1", "--teacher-epochs", "1", "--memory-size", "64"])
+         "--epochs", "1", "--teacher-epochs", "1", "--memory-size", "64", "--seed", "3"])
     out = capsys.readouterr().out
-    for row in ("teacher", "student alone", "student + KD", "student + RRD"):
-        assert row in out
-    results = json.loads((tmp_path / "demo_results.json").read_text())["results"]
-    assert set(results) == {"teacher", "student alone", "student + KD", "student + RRD"}
-    student = AutoModelForImageClassification.from_pretrained(tmp_path / "student-RRD")
+    rows = ("teacher", "student alone", "student + KD", "student + RRD", "student + RRD + KD")
+    for row in rows:
+        assert f"| {row} " in out
+    assert "256 training images, 128 test images" in out and "1 epochs per run" in out
+    assert "Seed 3, one seed." in out and "One seed (3)" in out
+    summary = json.loads((tmp_path / "demo_results.json").read_text())
+    assert tuple(summary["results"]) == rows and summary["settings"]["seed"] == 3
+    student = AutoModelForImageClassification.from_pretrained(tmp_path / "student-RRD-KD")
     assert student.config.id2label[0] == "T-shirt/top"
-    assert (tmp_path / "student-RRD" / "preprocessor_config.json").is_file()
+    assert (tmp_path / "student-RRD-KD" / "preprocessor_config.json").is_file()
+    run = load_run(tmp_path / "student-RRD-KD")  # the demo's runs can be aggregated over seeds
+    assert run.metrics["best_top1"] == pytest.approx(summary["results"]["student + RRD + KD"]["top1"], abs=1e-3)

@@ -429,6 +429,9 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("rrd_hf").setLevel(os.environ.get("RRD_HF_LOG_LEVEL", "INFO"))
     try:
         COMMANDS[name].run(rest)
+    except BrokenPipeError:  # the reader went away (`rrd-hf ... | head`): not an error of the command
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(141)
     except KeyboardInterrupt:
         if debug:
             raise

@@ -34,7 +34,7 @@ def evaluate_checkpoint(checkpoint: str, dataset: str = "cifar100", split: str |
     """Load `checkpoint` (folder or Hub id), run it on `dataset`/`split` with evaluation transforms, return metrics."""
     from .data import find_dataset_info, load_image_dataset, prepare_dataset
     from .metrics import topk_accuracy
-    from .trainer import load_image_classifier
+    from .pretrained import load_image_classifier
 
     model = load_image_classifier(checkpoint, role="checkpoint")
     info = find_dataset_info(dataset)

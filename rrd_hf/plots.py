@@ -226,8 +226,8 @@ def make_figures(
     random subset), `tsne_classes` restricts the t-SNE to the first N classes when there are more (None: all).
     """
     from .data import find_dataset_info, infer_dataset_info, load_image_dataset, prepare_dataset
-    from .teacher_inputs import ImageStats, TeacherInputAdapter, image_stats_from_pretrained
-    from .trainer import check_same_labels, load_image_classifier
+    from .pretrained import load_image_classifier
+    from .teacher import ImageStats, TeacherInputAdapter, check_same_labels, image_stats_from_pretrained
 
     _pyplot()  # fail early, before the forward passes, when matplotlib is missing
     teacher_path = os.fspath(teacher) if isinstance(teacher, (str, os.PathLike)) else None

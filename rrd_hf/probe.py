@@ -141,7 +141,7 @@ def linear_probe(
     from tqdm.auto import tqdm
 
     from .data import DeviceAugmentation, InMemoryImageDataset, find_dataset_info, infer_dataset_info, load_image_dataset
-    from .trainer import load_image_classifier
+    from .pretrained import load_image_classifier
 
     started = time.time()
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -150,7 +150,7 @@ def is_zoo_name(name: str) -> bool:
 
 def _build_student(model_args: ModelArguments, num_labels: int, class_names: list[str]):
     from .models import build_model
-    from .trainer import load_image_classifier
+    from .pretrained import load_image_classifier
 
     if not model_args.student:
         raise ValueError("no student given: set `student:` in the recipe or pass --student resnet8x4 (or a path).")
@@ -171,10 +171,14 @@ def run(model_args: ModelArguments, data_args: DataArguments, config, *, teacher
 
     if teacher_only and config.needs_teacher:
         raise ValueError(
-            f"train-teacher trains with cross-entropy only, but the recipe sets kd_weight={config.kd_weight} and "
-            f"rrd_weight={config.rrd_weight}: set both to 0 (or use `rrd-hf train` to distil)."
+            f"train-teacher trains with cross-entropy only, but the recipe's objective is {config.describe_objective()}: "
+            "set kd_weight and rrd_weight to 0 and remove distill_method/distill_terms (or use `rrd-hf train`)."
         )
     train, evaluation, transform, num_labels, class_names, info = _load_splits(data_args, config.seed)
+    # The student's initial weights come from the seed: the same recipe and seed give the same run.
+    from transformers.trainer_utils import enable_full_determinism, set_seed
+
+    (enable_full_determinism if config.full_determinism else set_seed)(config.seed)
     student, from_zoo = _build_student(model_args, num_labels, class_names)
     if student.config.num_labels != num_labels:
         raise ValueError(
@@ -194,7 +198,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, config, *, teacher
     trainer.save_model()
     results = {
         "dataset": data_args.dataset, "student": model_args.student, "teacher": config.teacher_model_name_or_path,
-        "ce_weight": config.ce_weight, "kd_weight": config.kd_weight, "rrd_weight": config.rrd_weight,
+        "ce_weight": config.ce_weight, "loss_terms": [term.to_dict() for term in config.loss_terms],
+        "objective": config.describe_objective(),
         "seed": config.seed, "global_step": trainer.state.global_step,
         "train_runtime": train_output.metrics.get("train_runtime"),
         "train_samples_per_second": train_output.metrics.get("train_samples_per_second"),

@@ -171,7 +171,8 @@ def linear_probe(
     lr = default_probe_lr(model) if lr is None else float(lr)
     optimizer = torch.optim.SGD(head.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(milestones), gamma=lr_decay_rate)
-    augment = DeviceAugmentation(info, padding=padding, seed=seed)
+    augment = DeviceAugmentation(info, padding=padding, seed=seed).to(device)
+    train_ids = train.index.to(device)
     order = torch.Generator().manual_seed(seed)
 
     history = []
@@ -185,7 +186,8 @@ def linear_probe(
             positions = permutation[start : start + batch_size]
             images = train.images[positions.to(train.images.device)].to(device, non_blocking=True)
             labels = train.labels[positions].to(device, non_blocking=True)
-            logits = model(pixel_values=augment(images, training=True)).logits
+            ids = train_ids[positions.to(train_ids.device)]
+            logits = model(pixel_values=augment(images, training=True, index=ids, epoch=epoch - 1)).logits
             loss = F.cross_entropy(logits.float(), labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

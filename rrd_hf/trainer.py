@@ -119,6 +119,18 @@ class _DistillerCallback(TrainerCallback):
                 module.set_epoch(int(round(state.epoch or 0)) + 1)
 
 
+class _DataEpochCallback(TrainerCallback):
+    """Tell the training data's per-sample augmentation the epoch before the epoch's iterator is created."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        from .data import set_epoch
+
+        set_epoch(self.dataset, int(state.epoch or 0))
+
+
 class _InitStageHistory(TrainerCallback):
     """`train()` starts a fresh `TrainerState`: put the init stage's per-epoch losses at the front of its history."""
 
@@ -241,6 +253,8 @@ class RRDTrainer(HubMixin, Trainer):
             self.add_callback(_DistillerCallback(self.distillers))
         if self.method is not None and self.method.init_stage is not None:
             self.add_callback(_InitStageHistory(self.init_stage_history))
+        if train_dataset is not None:
+            self.add_callback(_DataEpochCallback(train_dataset))
 
     # ----------------------------------------------------------------------------------------------- construction
 
@@ -382,7 +396,8 @@ class RRDTrainer(HubMixin, Trainer):
     def _prepare_inputs(self, inputs):
         inputs = super()._prepare_inputs(inputs)
         if self.batch_transform is not None and "pixel_values" in inputs:
-            inputs["pixel_values"] = self.batch_transform(inputs["pixel_values"], self.model.training)
+            inputs["pixel_values"] = self.batch_transform(inputs["pixel_values"], self.model.training,
+                                                          index=inputs.get("index"), epoch=int(self.state.epoch or 0))
         return inputs
 
     def _get_dataloader(self, dataset, description, batch_size, sampler_fn=None, is_training=False, dataloader_key=None):
@@ -488,11 +503,14 @@ class RRDTrainer(HubMixin, Trainer):
             for epoch in range(epochs):
                 total, batches = torch.zeros((), device=self.args.device), 0
                 description = f"{args.distill_method} init stage {epoch + 1}/{epochs}"
+                from .data import set_epoch
+
+                set_epoch(self.train_dataset, epoch)
                 for batch in tqdm(loader, desc=description, disable=args.disable_tqdm or not self.is_local_process_zero()):
                     inputs = Trainer._prepare_inputs(self, batch)
                     pixel_values = inputs["pixel_values"]
                     if self.batch_transform is not None:
-                        pixel_values = self.batch_transform(pixel_values, True)
+                        pixel_values = self.batch_transform(pixel_values, True, index=inputs.get("index"), epoch=epoch)
                     with self.accelerator.autocast():
                         output = self.model(pixel_values=pixel_values, **self._method_forward_kwargs("student"))
                     student = self._model_outputs("student", output)

@@ -2,23 +2,25 @@
 
 Typical use with a ``transformers.Trainer`` (per-sample CPU transforms)::
 
-    from rrd_hf.data import prepare_dataset
-    train = prepare_dataset("cifar100", "train", with_index=True)      # random crop + flip + normalise
-    test = prepare_dataset("cifar100", "test")                         # normalise only
+    from rrd_hf.data import prepare_dataset, set_epoch
+    train = prepare_dataset("cifar100", "train", with_index=True, seed=0)   # crop + flip of (seed, epoch, index)
+    test = prepare_dataset("cifar100", "test")                              # normalise only
+    set_epoch(train, epoch)                                                 # before each epoch's iterator
     # TrainingArguments(..., remove_unused_columns=False)  <- required with on-the-fly transforms
 
-Accelerator fast path (decode once, augment batched on the device)::
+In-memory fast path (decode once, augment batched on the device; bitwise the same images)::
 
     from rrd_hf.data import DeviceAugmentation, load_in_memory
     train = load_in_memory("../shared/data/cifar10", "train", image_size=32)   # uint8 (N, 3, 32, 32)
-    augment = DeviceAugmentation("cifar10", seed=0)
-    pixel_values = augment(batch["pixel_values"].to(device), training=True)
+    augment = DeviceAugmentation(train.stats, seed=0).to(device)
+    pixel_values = augment(batch["pixel_values"], training=True, index=batch["index"], epoch=epoch)
 
 Offline: known names resolve to Hub ids; with ``HF_HUB_OFFLINE=1`` an uncached Hub id fails at once with
 :class:`DatasetUnavailableError` telling you to pass a local path. Fashion-MNIST is read from the Debian
 package ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``) when installed.
 """
 
+from .augmentation import SharedEpoch, augmentation_params, mix32, set_epoch
 from .device import DeviceAugmentation, InMemoryImageDataset, decode_to_uint8, load_in_memory
 from .errors import (
     CorruptImageError,
@@ -55,7 +57,14 @@ from .registry import (
     resolve_stats,
 )
 from .stats import compute_mean_std
-from .transforms import ImageClassificationTransform, build_transforms, normalize_uint8, pad_crop_flip
+from .transforms import (
+    ImageClassificationTransform,
+    build_transforms,
+    normalization_table,
+    normalize_uint8,
+    normalize_with_table,
+    pad_crop_flip,
+)
 
 __all__ = [
     # registry
@@ -90,7 +99,14 @@ __all__ = [
     "ImageClassificationTransform",
     "pad_crop_flip",
     "normalize_uint8",
+    "normalization_table",
+    "normalize_with_table",
     "prepare_dataset",
+    # stateless augmentation
+    "augmentation_params",
+    "mix32",
+    "SharedEpoch",
+    "set_epoch",
     # fast path
     "decode_to_uint8",
     "InMemoryImageDataset",

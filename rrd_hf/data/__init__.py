@@ -1,5 +1,11 @@
 """Image-classification data for rrd_hf: known datasets, one loader, benchmark transforms, a device fast path.
 
+One resolver for every command (splits, classes, statistics)::
+
+    from rrd_hf.data import resolve_dataset
+    data = resolve_dataset("cifar10", data_dir="../shared/data/cifar10")
+    data.train, data.eval, data.class_names, data.num_labels, data.stats
+
 Typical use with a ``transformers.Trainer`` (per-sample CPU transforms)::
 
     from rrd_hf.data import prepare_dataset, set_epoch
@@ -41,6 +47,7 @@ from .fashion_mnist import (
 )
 from .images import decode_image
 from .loading import check_labels, describe_source, infer_dataset_info, load_image_dataset, verify_images
+from .metadata import dataset_class_names, dataset_image_size, dataset_stats, image_processor_for
 from .prepare import prepare_dataset
 from .registry import (
     CIFAR10_CLASS_NAMES,
@@ -56,6 +63,7 @@ from .registry import (
     known_dataset_names,
     resolve_stats,
 )
+from .resolve import ResolvedDataset, resolve_dataset
 from .stats import compute_mean_std
 from .transforms import (
     ImageClassificationTransform,
@@ -80,6 +88,13 @@ __all__ = [
     "CIFAR100_COARSE_CLASS_NAMES",
     "STL10_CLASS_NAMES",
     "FASHION_MNIST_CLASS_NAMES",
+    # resolving a source, and what a dataset carries
+    "resolve_dataset",
+    "ResolvedDataset",
+    "dataset_stats",
+    "dataset_class_names",
+    "dataset_image_size",
+    "image_processor_for",
     # loading
     "load_image_dataset",
     "infer_dataset_info",

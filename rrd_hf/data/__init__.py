@@ -48,6 +48,7 @@ from .fashion_mnist import (
 from .images import decode_image
 from .loading import check_labels, describe_source, infer_dataset_info, load_image_dataset, verify_images
 from .metadata import dataset_class_names, dataset_image_size, dataset_stats, image_processor_for
+from .paths import DATA_PATHS, choose_data_path, in_memory_budget, total_memory_bytes, uint8_bytes
 from .prepare import prepare_dataset
 from .registry import (
     CIFAR10_CLASS_NAMES,
@@ -127,6 +128,12 @@ __all__ = [
     "InMemoryImageDataset",
     "DeviceAugmentation",
     "load_in_memory",
+    # choosing the data path
+    "DATA_PATHS",
+    "choose_data_path",
+    "in_memory_budget",
+    "total_memory_bytes",
+    "uint8_bytes",
     # errors
     "DataError",
     "UnknownDatasetError",

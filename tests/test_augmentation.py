@@ -54,18 +54,14 @@ def lowbias32_reference(x: int) -> int:
 
 def params_reference(seed: int, epoch: int, index: int, padding: int = 4, flip_prob: float = 0.5):
     """The documented recipe of augmentation_params, on Python integers."""
-    state = 0
+    key = 0
     for value in (seed % 2**64, epoch % 2**64):
         for word in (value & MASK, value >> 32):
-            state = lowbias32_reference(state ^ word)
-    index %= 2**64  # int64 two's complement
-    state = lowbias32_reference((index & MASK) ^ state)
-    state = lowbias32_reference(state ^ (index >> 32))
-    count = 2 * padding + 1
-    top = lowbias32_reference(state ^ 0x68E31DA4) % count
-    left = lowbias32_reference(state ^ 0xB5297A4D) % count
-    flip = lowbias32_reference(state ^ 0x1B56C4E9) < round(flip_prob * 2**32)
-    return top, left, flip
+            key = lowbias32_reference(key ^ word)
+    h = lowbias32_reference((index % 2**32) ^ key)
+    n = 2 * padding + 1
+    span = -(-(2**32) // n**2)  # ceil(2**32 / n²)
+    return h % n, (h // n) % n, h // n**2 < round(flip_prob * span)
 
 
 def chi_square(counts: np.ndarray) -> float:

@@ -7,7 +7,7 @@ written in plain torch integer ops, so that:
 
 * the per-sample transform (in DataLoader workers) and the batched :class:`~rrd_hf.data.DeviceAugmentation`
   (on the accelerator) compute the same offsets for the same sample, bitwise;
-* CPU and CUDA agree: every intermediate value is a non-negative integer below 2**49 held in int64, so no step
+* CPU and CUDA agree: only integer ops, and every product stays below 2**63 in magnitude in int64, so no step
   relies on overflow or on a device's rounding;
 * resuming at any step, any worker count and any number of processes give each sample the crop it would have
   had in an uninterrupted single-process run.
@@ -18,6 +18,7 @@ spawned workers read at every batch; :func:`set_epoch` finds it on a prepared da
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import torch
@@ -30,10 +31,11 @@ _STREAM_TOP, _STREAM_LEFT, _STREAM_FLIP = 0x68E31DA4, 0xB5297A4D, 0x1B56C4E9
 
 
 def _mul32(x: torch.Tensor, constant: int) -> torch.Tensor:
-    """``(x * constant) mod 2**32`` for ``0 <= x < 2**32`` without int64 overflow: multiply by the constant's two
-    16-bit halves, so every product stays below 2**48."""
-    low, high = constant & 0xFFFF, constant >> 16
-    return (x * low + (((x * high) & 0xFFFF) << 16)) & _MASK32
+    """``(x * constant) mod 2**32`` for ``0 <= x < 2**32`` without int64 overflow: the constant is used as the
+    signed 32-bit value with the same low bits (``|c| < 2**31``), so ``|x·c| < 2**63``, and ``& 0xFFFFFFFF``
+    keeps the low 32 bits of the two's-complement product."""
+    signed = constant - 2**32 if constant >= 2**31 else constant
+    return (x * signed) & _MASK32
 
 
 def mix32(x: torch.Tensor) -> torch.Tensor:
@@ -50,15 +52,14 @@ def mix32(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 16)
 
 
+@functools.lru_cache(maxsize=64)
 def _key(seed: int, epoch: int) -> int:
-    """The 32-bit hash of (seed, epoch), computed once per call on the CPU (no device synchronisation)."""
-    words = []
-    for value in (int(seed), int(epoch)):
-        value %= 2**64  # negative and large seeds are folded into 64 bits, then split into two 32-bit words
-        words += [value & _MASK32, value >> 32]
+    """The 32-bit hash of (seed, epoch), computed on the CPU once per epoch (no device synchronisation)."""
     state = torch.zeros((), dtype=torch.int64)
-    for word in words:
-        state = mix32(state ^ word)
+    for value in (int(seed), int(epoch)):
+        value %= 2**64  # negative and large seeds are folded into 64 bits, then hashed as two 32-bit words
+        for word in (value & _MASK32, value >> 32):
+            state = mix32(state ^ word)
     return int(state)
 
 
@@ -72,22 +73,23 @@ def augmentation_params(
     """The crop offsets and flips of samples ``index`` at ``epoch``: ``(top, left, flip)``, computed on ``index``'s
     device with no host-device synchronisation.
 
-    ``top`` and ``left`` are int64 in ``[0, 2·padding]`` (the window's corner in the zero-padded image, each value
-    with probability ``1/(2·padding+1)`` to within 2**-32), ``flip`` is bool, true with probability ``flip_prob``
-    (to 2**-32). The three are derived from one hash of ``(seed, epoch, index)`` through separate mixers.
+    One 32-bit hash ``h = mix32((index mod 2**32) XOR key(seed, epoch))`` per sample is read in mixed radix
+    ``n = 2·padding + 1``: ``top = h mod n``, ``left = (h div n) mod n``, ``flip = (h div n²) < flip_prob·⌈2**32/n²⌉``.
+    ``top`` and ``left`` are int64 in ``[0, 2·padding]`` (the window's corner in the zero-padded image), uniform
+    and independent to within ``n²/2**32``; ``flip`` is bool, true with probability ``flip_prob`` to the same
+    precision (exactly never for 0, always for 1). Sample ids are taken mod 2**32.
     """
     if padding < 0 or not 0.0 <= flip_prob <= 1.0:
         raise ValueError(f"need padding >= 0 and 0 <= flip_prob <= 1, got padding={padding}, flip_prob={flip_prob}.")
     index = torch.as_tensor(index)
     if index.is_floating_point() or index.is_complex() or index.dtype == torch.bool:
         raise TypeError(f"index must hold integer sample ids, got dtype {index.dtype}.")
-    index = index.long()
-    state = mix32(index ^ _key(seed, epoch))  # index & mask inside mix32: the low 32 bits
-    state = mix32(state ^ ((index >> 32) & _MASK32))  # and the high 32 bits (sample ids beyond 2**32)
+    state = mix32(index.long() ^ _key(seed, epoch))
     count = 2 * int(padding) + 1
-    top = mix32(state ^ _STREAM_TOP) % count
-    left = mix32(state ^ _STREAM_LEFT) % count
-    flip = mix32(state ^ _STREAM_FLIP) < int(round(float(flip_prob) * 2**32))
+    span = (2**32 - 1) // count**2 + 1  # the values h div n² takes
+    top = state % count
+    left = (state // count) % count
+    flip = state // count**2 < int(round(float(flip_prob) * span))
     return top, left, flip
 
 

@@ -82,8 +82,9 @@ def normalization_table(stats: StatsLike) -> torch.Tensor:
 def normalize_with_table(images: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     """Normalise uint8 ``(..., 3, H, W)`` images by :func:`normalization_table` lookup (on ``images``' device;
     ``table`` must be there too)."""
-    offsets = torch.arange(0, 3 * 256, 256, device=images.device).view(3, 1, 1)
-    return table.reshape(-1)[images.long() + offsets]
+    offsets = torch.arange(0, 3 * 256, 256, dtype=torch.int32, device=images.device).view(3, 1, 1)
+    positions = (images.to(torch.int32) + offsets).reshape(-1)
+    return table.reshape(-1).index_select(0, positions).view(images.shape)
 
 
 class ImageClassificationTransform:

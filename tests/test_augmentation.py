@@ -270,6 +270,7 @@ def test_set_epoch_finds_the_transform_through_views_splits_and_objects():
     assert set_epoch(view, 9) and transform.epoch == 9
     splits = DatasetDict(train=prepared, test=prepare_dataset(make_cifar10(4), "test", dataset_name="cifar10"))
     assert set_epoch(splits, 2) and transform.epoch == 2
+    assert set_epoch(torch.utils.data.Subset(prepared, [1, 2]), 6) and transform.epoch == 6
     assert splits["test"].format["format_kwargs"]["transform"].epoch == 2
 
     class Epoched:

@@ -74,7 +74,8 @@ def augmentation_params(
     device with no host-device synchronisation.
 
     One 32-bit hash ``h = mix32((index mod 2**32) XOR key(seed, epoch))`` per sample is read in mixed radix
-    ``n = 2·padding + 1``: ``top = h mod n``, ``left = (h div n) mod n``, ``flip = (h div n²) < flip_prob·⌈2**32/n²⌉``.
+    ``n = 2·padding + 1``: ``top = h mod n``, ``left = (h div n) mod n``,
+    ``flip = (h div n²) < flip_prob·⌈2**32/n²⌉``.
     ``top`` and ``left`` are int64 in ``[0, 2·padding]`` (the window's corner in the zero-padded image), uniform
     and independent to within ``n²/2**32``; ``flip`` is bool, true with probability ``flip_prob`` to the same
     precision (exactly never for 0, always for 1). Sample ids are taken mod 2**32.
@@ -132,10 +133,10 @@ def set_epoch(dataset, epoch: int) -> bool:
     """Tell a dataset's augmentation the (0-based) epoch; returns whether anything took it.
 
     Handles a ``datasets.Dataset`` prepared by :func:`prepare_dataset` (its transform's :meth:`set_epoch`), a
-    ``DatasetDict`` (every split), and any object with a ``set_epoch`` method (``datasets.IterableDataset``, a
-    sampler-aware dataset). Call it before the epoch's DataLoader iterator is created, so that no batch of the new
-    epoch is prepared with the old one. An in-memory dataset returns ``False``: its augmentation runs in
-    :class:`DeviceAugmentation`, which takes ``epoch=`` on every call.
+    ``DatasetDict`` (every split), a ``torch.utils.data.Subset`` of those, and any object with a ``set_epoch``
+    method (``datasets.IterableDataset``, a sampler-aware dataset). Call it before the epoch's DataLoader iterator
+    is created, so that no batch of the new epoch is prepared with the old one. An in-memory dataset returns
+    ``False``: its augmentation runs in :class:`DeviceAugmentation`, which takes ``epoch=`` on every call.
     """
     import datasets
 
@@ -149,4 +150,5 @@ def set_epoch(dataset, epoch: int) -> bool:
     if callable(method):
         method(epoch)
         return True
-    return False
+    inner = getattr(dataset, "dataset", None)  # torch.utils.data.Subset and similar wrappers
+    return set_epoch(inner, epoch) if inner is not None and inner is not dataset else False

@@ -48,7 +48,8 @@ class ResolvedDataset:
     @property
     def train(self):
         """The training split; :class:`UnknownSplitError` naming the available splits when there is none."""
-        return self._split(self.train_split, "training", TRAIN_SPLIT_NAMES, "--train_split NAME (train) or train_split=")
+        return self._split(self.train_split, "training", TRAIN_SPLIT_NAMES,
+                           "--train_split NAME (train) or train_split=")
 
     @property
     def eval(self):
@@ -69,9 +70,9 @@ class ResolvedDataset:
             return self.stats
         raise DataError(
             f"{self.description} is not a known dataset, so the mean/std to normalise it with are unknown. Name the "
-            "known dataset it holds (command line: --dataset cifar10 --data_dir PATH; Python: resolve_dataset('cifar10', "
-            "data_dir=PATH)), or give the statistics (Python: stats=rrd_hf.data.compute_mean_std(dataset) or "
-            "stats=((r, g, b), (r, g, b)))."
+            "known dataset it holds (command line: --dataset cifar10 --data_dir PATH; Python: "
+            "resolve_dataset('cifar10', data_dir=PATH)), or give the statistics (Python: "
+            "stats=rrd_hf.data.compute_mean_std(dataset) or stats=((r, g, b), (r, g, b)))."
         )
 
 

@@ -360,11 +360,7 @@ class RRDTrainer(HubMixin, Trainer):
 
     def begin_epoch(self, global_step: int) -> None:
         """Tell the methods (DKD's warm-up) and the data (stateless augmentation) which epoch starts."""
-        try:
-            from .data import set_epoch
-        except ImportError:  # until the data path is stateless
-            def set_epoch(dataset, epoch):
-                return False
+        from .data import set_epoch
 
         epoch = global_step // max(self._update_steps_per_epoch or 1, 1)  # as Trainer computes it on resume
         offset = self.stage.augmentation_epoch_offset if self.stage is not None else 0

@@ -46,6 +46,7 @@ NOT_CONFIGURATION = frozenset({
     "push_to_hub", "hub_token", "hub_private_repo", "hub_model_id", "hub_strategy", "hub_always_push", "hub_revision",
     "trackio_space_id", "trackio_bucket_id", "trackio_static_space_id",
     "seed", "data_seed", "resume_from_checkpoint", "ignore_data_skip", "restore_callback_states_from_checkpoint",
+    "check_finite",  # it stops a run that would go wrong; it does not change one that finishes
     "do_train", "do_eval", "do_predict", "local_rank", "use_cpu", "torch_empty_cache_steps",
     "per_device_eval_batch_size", "eval_accumulation_steps", "eval_do_concat_batches", "eval_use_gather_object",
     "batch_eval_metrics", "include_for_metrics",
@@ -54,13 +55,16 @@ NOT_CONFIGURATION = frozenset({
     "ddp_bucket_cap_mb",
     "teacher_model_name_or_path",  # compared as `teacher`, with local paths resolved
 })
+#: Data arguments that change where or how images are read, not which images a run sees (both data paths give the
+#: same images for a seed).
+_DATA_NOT_CONFIGURATION = frozenset({"dataset", "data_dir", "data_path", "device_augmentation", "in_memory_device"})
 #: Fields of a saved `config.json` that say where or how it was saved rather than which network it is.
 _MODEL_CONFIG_NOISE = frozenset({
     "transformers_version", "_name_or_path", "id2label", "label2id", "auto_map", "architectures", "dtype", "torch_dtype",
 })
 _NOT_RECORDED = "(not recorded)"
 #: What the text output names of each configuration (the full configuration is what is compared).
-_SETTING_KEYS = ("student", "teacher", "dataset", "ce_weight", "kd_weight", "rrd_weight", "distill_method")
+_SETTING_KEYS = ("student", "teacher", "dataset", "objective")
 
 
 def summarize_log_history(log_history: Sequence[dict]) -> dict:
@@ -222,7 +226,8 @@ def load_run(path: str | os.PathLike) -> Run:
         raise ValueError(f"{source} has no accuracy ({', '.join(METRIC_KEYS)}): the run never evaluated. Evaluate "
                          "during training (eval_strategy='epoch') or leave this run out.")
     seed = results.get("seed", training_args.get("seed"))
-    return Run(path=folder, metrics=metrics, seed=seed, configuration=_configuration(results, info, model_config))
+    configuration = _configuration(results, info, model_config, info_path or results_path)
+    return Run(path=folder, metrics=metrics, seed=seed, configuration=configuration)
 
 
 def _resolved(value):
@@ -232,12 +237,54 @@ def _resolved(value):
     return value
 
 
-def _configuration(results: dict, info: dict, model_config: dict) -> dict:
+def _objective_fields() -> frozenset:
+    """The training arguments the objective is made of; they are compared through `resolve_loss_terms`."""
+    from .config import RRD_OPTION_FIELDS
+
+    return frozenset({"ce_weight", "rrd_weight", "kd_weight", "kd_temperature", "rrd_preset", *RRD_OPTION_FIELDS,
+                      "distill_method", "distill_weight", "distill_kwargs", "distill_terms"})
+
+
+def _objective(args: Mapping, path: str) -> dict:
+    """The objective as flat fields: `ce_weight`, `loss.terms` and each term's `loss.<name>.<weight|method|option>`.
+
+    Resolving it first means the shorthand (`kd_weight=1`) and `distill_terms` spellings of one objective agree,
+    the options of a switched-off term do not count, and saved arguments of older versions read the same.
+    """
+    from .config import resolve_loss_terms
+
+    try:
+        ce_weight, terms = resolve_loss_terms(args)
+    except ValueError as error:
+        raise ValueError(f"{path}: the run's loss terms cannot be read from its training arguments: {error}") from None
+    objective = {"ce_weight": ce_weight, "loss.terms": sorted(term.name for term in terms)}
+    for term in terms:
+        objective[f"loss.{term.name}.method"] = term.method
+        objective[f"loss.{term.name}.weight"] = term.weight
+        for key, value in term.kwargs.items():
+            objective[f"loss.{term.name}.{key}"] = value
+    return objective
+
+
+def _objective_text(configuration: Mapping) -> str | None:
+    """`1·CE + 1·KD + 1·RRD`, from the fields `_objective` made."""
+    if "loss.terms" not in configuration or configuration.get("ce_weight") is None:
+        return None
+    parts = [f"{configuration['ce_weight']:g}·CE"] if configuration["ce_weight"] else []
+    parts += [f"{configuration[f'loss.{name}.weight']:g}·{name.upper()}" for name in configuration["loss.terms"]]
+    return " + ".join(parts)
+
+
+def _configuration(results: dict, info: dict, model_config: dict, path: str) -> dict:
     args = dict(info.get("training_args") or {})
-    for key in ("ce_weight", "kd_weight", "rrd_weight"):  # results.json carries them even without training args
-        if key in results and key not in args:
-            args[key] = results[key]
-    configuration = {key: value for key, value in args.items() if key not in NOT_CONFIGURATION}
+    if not args and results.get("loss_terms"):  # results.json alone: the terms it records
+        args = {"ce_weight": results.get("ce_weight"), "distill_terms": results["loss_terms"]}
+    elif not args:  # results.json of an older version: its weights
+        args = {key: results[key] for key in ("ce_weight", "kd_weight", "rrd_weight") if key in results}
+    objective_fields = _objective_fields()
+    configuration = {key: value for key, value in args.items()
+                     if key not in NOT_CONFIGURATION and key not in objective_fields}
+    configuration.update(_objective(args, path))
     configuration["dataset"] = info.get("dataset") or results.get("dataset")
     configuration["teacher"] = _resolved(results.get("teacher") or info.get("teacher") or args.get("teacher_model_name_or_path"))
     if info.get("teacher_architecture") is not None:
@@ -256,7 +303,7 @@ def _configuration(results: dict, info: dict, model_config: dict) -> dict:
     if configuration["student"] is None:
         configuration["student"] = (results.get("model_args") or {}).get("student")
     for key, value in (results.get("data_args") or {}).items():  # written by `rrd-hf train`
-        if key != "dataset":  # compared as `dataset` above
+        if key not in _DATA_NOT_CONFIGURATION:
             configuration[f"data.{key}"] = value
     return configuration
 
@@ -287,8 +334,10 @@ def _key(value) -> str:
 _MISSING = object()  # a field the run did not record
 
 
-def _show(value) -> str:
-    return _NOT_RECORDED if value is _MISSING else _key(value)
+def _show(value, key: str = "") -> str:
+    if value is _MISSING:  # a term another run has is absent from this run's objective, not unrecorded
+        return "(no such term)" if key.startswith("loss.") else _NOT_RECORDED
+    return _key(value)
 
 
 def group_runs(runs: Iterable[Run], ignore: Iterable[str] = ()) -> list[RunGroup]:
@@ -313,14 +362,24 @@ def group_runs(runs: Iterable[Run], ignore: Iterable[str] = ()) -> list[RunGroup
 
 
 def _differing_fields(groups: Sequence[RunGroup]) -> list[str]:
+    """Fields whose value is not the same in every group. A term's fields (`loss.kd.weight`, ...) that differ only
+    because some runs lack the term are left to `loss.terms`, which already says so."""
     if len(groups) < 2:
         return []
-    fields = groups[0].configuration.keys()
-    return [key for key in fields if len({_show(group.configuration[key]) for group in groups}) > 1]
+    differing = []
+    for key in groups[0].configuration:
+        values = [group.configuration[key] for group in groups]
+        if len({_show(value, key) for value in values}) < 2:
+            continue
+        present = {_key(value) for value in values if value is not _MISSING}
+        if key.startswith("loss.") and key != "loss.terms" and len(present) < 2:
+            continue
+        differing.append(key)
+    return differing
 
 
 def _label_text(label: Mapping) -> str:
-    return ", ".join(f"{key}={_show(value)}" for key, value in label.items())
+    return ", ".join(f"{key}={_show(value, key)}" for key, value in label.items())
 
 
 class MixedConfigurationsError(ValueError):
@@ -332,9 +391,11 @@ class MixedConfigurationsError(ValueError):
         lines = [f"these {sum(len(g.runs) for g in self.groups)} runs have {len(self.groups)} different configurations; "
                  "a mean over them would mix results. They differ in:"]
         for key in differing:
-            values = "; ".join(f"{_show(g.configuration[key])} in {', '.join(r.path for r in g.runs)}" for g in self.groups)
+            values = "; ".join(f"{_show(g.configuration[key], key)} in {', '.join(r.path for r in g.runs)}"
+                               for g in self.groups)
             lines.append(f"  {key}: {values}")
-        unrecorded = [key for key in differing if any(g.configuration[key] is _MISSING for g in self.groups)]
+        unrecorded = [key for key in differing if not key.startswith("loss.")
+                      and any(g.configuration[key] is _MISSING for g in self.groups)]
         if unrecorded:
             lines.append(f"{', '.join(unrecorded)}: recorded by some runs only (`rrd-hf train` records the data "
                          "arguments, a run saved from Python does not), so whether they agree is unknown.")
@@ -362,7 +423,7 @@ def aggregate_runs(runs: Iterable[Run | str | os.PathLike], *, per_config: bool 
     for group in groups:
         seeds = group.seeds
         repeated = sorted({s for s in seeds if s is not None and seeds.count(s) > 1})
-        first = group.runs[0].configuration
+        first = {**group.runs[0].configuration, "objective": _objective_text(group.runs[0].configuration)}
         out.append({
             "setting": {key: first.get(key) for key in _SETTING_KEYS if first.get(key) is not None},
             "configuration": {key: (None if v is _MISSING else v) for key, v in group.label.items()},

@@ -117,7 +117,7 @@ def test_results_best_last_and_aggregate(tmp_path, capsys):
     code, out, _ = run_cli(["aggregate", *runs], capsys)
     assert code == 0
     assert "best_top1: 76.00 ± 1.00  (n=3)" in out and "runs: 3 (seeds 0, 1, 2)" in out
-    assert "student resnet8x4, teacher me/resnet32x4, dataset cifar100" in out
+    assert "student resnet8x4, teacher me/resnet32x4, dataset cifar100, objective 1·CE + 1·KD + 1·RRD" in out
 
 
 def test_aggregate_refuses_runs_of_different_configurations(tmp_path, capsys):
@@ -130,13 +130,15 @@ def test_aggregate_refuses_runs_of_different_configurations(tmp_path, capsys):
     code, out, err = run_cli(["aggregate", *kd, *alone], capsys)
     assert code == 1 and out == "" and "Traceback" not in err
     assert "2 different configurations" in err
-    assert re.search(r"kd_weight: 1\.0 in .*kd0, .*kd1; 0\.0 in .*alone0, .*alone1", err)
-    assert "learning_rate" not in err and "seed" not in err.split("They differ in:")[1].split("Aggregate")[0]
+    differences = err.split("They differ in:")[1].split("Aggregate")[0]
+    assert re.search(r'loss.terms: \["kd", "rrd"\] in .*kd0, .*kd1; \["rrd"\] in .*alone0, .*alone1', differences)
+    assert differences.count("\n") == 2, differences  # one line: the KD term's own fields are not repeated
+    assert "learning_rate" not in differences and "seed" not in differences
     assert f"rrd-hf aggregate {kd[0]} {kd[1]}" in err and f"rrd-hf aggregate {alone[0]} {alone[1]}" in err
 
     code, out, _ = run_cli(["aggregate", "--per-config", *kd, *alone], capsys)
     assert code == 0
-    assert "configuration 1 of 2: kd_weight=1.0" in out and "configuration 2 of 2: kd_weight=0.0" in out
+    assert 'configuration 1 of 2: loss.terms=["kd", "rrd"]' in out and 'configuration 2 of 2: loss.terms=["rrd"]' in out
     assert "best_top1: 74.50 ± 0.71  (n=2)" in out and "best_top1: 70.50 ± 0.71  (n=2)" in out
 
     # every field that changes the result splits the set; the seed and output_dir do not
@@ -147,6 +149,27 @@ def test_aggregate_refuses_runs_of_different_configurations(tmp_path, capsys):
     code, out, _ = run_cli(["aggregate", "--json", "--ignore", "learning_rate", *kd, lr], capsys)
     groups = json.loads(out)
     assert code == 0 and len(groups) == 1 and groups[0]["seeds"] == [0, 1, 5]
+    stronger_kd = write_cli_run(tmp_path / "kd2", 7, 71.0, 70.0, kd_weight=2.0)
+    with pytest.raises(MixedConfigurationsError, match=r"loss.kd.weight: 1.0 in .*; 2.0 in .*kd2"):
+        aggregate_runs([*kd, stronger_kd])
+
+
+def test_aggregate_compares_the_objective_not_its_spelling(tmp_path):
+    """The loss terms are resolved first: KD+RRD by shorthand or by distill_terms is one configuration, and the
+    options of a switched-off term do not split runs."""
+    shorthand = write_cli_run(tmp_path / "shorthand", 0, 75.0, 74.0, kd_weight=1.0, rrd_weight=None)
+    spelled = write_cli_run(tmp_path / "terms", 1, 76.0, 75.0, kd_weight=None, rrd_weight=None,
+                            distill_terms=[{"method": "rrd"}, {"method": "kd", "weight": 1}])
+    (group,) = aggregate_runs([shorthand, spelled])
+    assert group["num_runs"] == 2 and group["setting"]["objective"] == "1·CE + 1·KD + 1·RRD"
+    kd_only = [write_cli_run(tmp_path / f"kd_only{k}", k, 74.0, 73.0, kd_weight=1.0, rrd_weight=0.0, memory_size=k)
+               for k in (4096, 16384)]  # the RRD memory of a run without RRD
+    assert len(aggregate_runs(kd_only)) == 1
+    with pytest.raises(MixedConfigurationsError, match=r"loss.rrd.memory_size: 4096 in .*; 16384 in"):
+        aggregate_runs([write_cli_run(tmp_path / f"rrd{k}", k, 74.0, 73.0, memory_size=k) for k in (4096, 16384)])
+    write_cli_run(tmp_path / "bad", 0, 75.0, 74.0, distill_method="no_such_method")
+    with pytest.raises(ValueError, match=r"_rrd_run.json: the run's loss terms cannot be read"):
+        load_run(tmp_path / "bad")
 
 
 def test_aggregate_warns_about_a_repeated_seed(tmp_path, capsys):
@@ -180,7 +203,7 @@ def test_aggregate_reads_runs_saved_through_the_python_api(tmp_path, capsys):
     assert run.configuration["student.width"] == 8 and run.configuration["teacher_architecture"]
     (group,) = aggregate_runs(runs)
     assert group["num_runs"] == 2 and group["seeds"] == [0, 1]
-    with pytest.raises(MixedConfigurationsError, match="kd_weight"):
+    with pytest.raises(MixedConfigurationsError, match="loss.terms"):
         aggregate_runs([*runs, other])
     code, out, _ = run_cli(["aggregate", *runs], capsys)
     assert code == 0 and "(n=2)" in out
@@ -362,7 +385,7 @@ def test_accelerate_launch_runs_a_recipe_like_rrd_hf_train(tmp_path, cifar10_lik
     args = torch.load(tmp_path / "run" / "training_args.bin", weights_only=False)
     assert args.weight_decay == 5e-4 and isinstance(args.weight_decay, float)  # YAML's "5e-4" string coerced
     run = load_run(tmp_path / "run")  # the folder `rrd-hf aggregate` reads
-    assert run.seed == 3 and run.configuration["student"] == "resnet8" and run.configuration["kd_weight"] == 1.0
+    assert run.seed == 3 and run.configuration["student"] == "resnet8" and run.configuration["loss.kd.weight"] == 1.0
     assert run.configuration["weight_decay"] == 5e-4 and run.configuration["data.max_train_samples"] is None
 
 

@@ -18,6 +18,7 @@ import inspect
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable
 
@@ -110,9 +111,9 @@ def _demo(argv: list[str]) -> None:
 #: The fields `rrd-hf train --help` shows; every other field is behind `--help-all`.
 TRAIN_HELP_FIELDS = (
     ("models", ("student", "teacher_model_name_or_path")),
-    ("data", ("dataset", "max_train_samples", "image_size", "device_augmentation")),
-    ("objective (total loss = ce_weight·CE + kd_weight·KD + rrd_weight·RRD [+ distill_weight·distill_method])",
-     ("ce_weight", "kd_weight", "rrd_weight", "distill_method")),
+    ("data", ("dataset", "data_dir", "max_train_samples", "image_size", "data_path")),
+    ("objective (loss = ce_weight·CE + the weighted terms: kd_weight, rrd_weight, distill_method, or distill_terms)",
+     ("ce_weight", "kd_weight", "rrd_weight", "distill_method", "distill_terms")),
     ("training (transformers.TrainingArguments)",
      ("output_dir", "seed", "num_train_epochs", "per_device_train_batch_size", "learning_rate", "eval_strategy",
       "bf16", "report_to", "resume_from_checkpoint")),
@@ -129,6 +130,9 @@ def _recipe_parser(prog: str, teacher_only: bool):
     from .train import _parser
 
     parser = _parser(prog)
+    for action in parser._actions:  # argparse %-formats help texts: a literal "25%" would break --help
+        if action.help:
+            action.help = re.sub(r"%(?!\(\w+\)[sdrf])", "%%", action.help)
     if teacher_only:
         parser.set_defaults(kd_weight=0.0, rrd_weight=0.0)
     return parser
@@ -163,11 +167,12 @@ def _recipe_help(prog: str, teacher_only: bool) -> str:
         for name in names:
             action = actions[name]
             default = action.default
-            text = (action.help or "").rstrip(".")
+            text = (action.help or "").rstrip(".")  # already %-escaped by _recipe_parser
             if default is not None and default != argparse.SUPPRESS and "%(default)" not in text:
                 text += f" (default: {default})".replace("%", "%%")
             flag = action.nargs == "?" and action.const is True  # HfArgumentParser's booleans: --bf16 [false]
-            metavar = "BOOL" if flag else {int: "N", float: "X"}.get(action.type, "VALUE")
+            metavar = "BOOL" if flag else "{%s}" % ",".join(map(str, action.choices)) if action.choices \
+                else {int: "N", float: "X"}.get(action.type, "VALUE")
             group.add_argument(action.option_strings[0], nargs="?" if flag else None, metavar=metavar, help=text)
     return short.format_help()
 
@@ -210,12 +215,9 @@ def _evaluate(argv: list[str]) -> None:
     _add_device_argument(parser)
     parser.add_argument("--output", default=None, metavar="FILE.json", help="also write the metrics to this file")
     args = parser.parse_args(argv)
-    data_kwargs = {"data_dir": args.data_dir} if "data_dir" in inspect.signature(evaluate_checkpoint).parameters \
-        else {}
-    dataset = args.data_dir if args.data_dir is not None and not data_kwargs else args.dataset
-    metrics = evaluate_checkpoint(args.checkpoint, dataset, args.split, image_size=args.image_size,
-                                  batch_size=args.batch_size, max_samples=args.max_samples, device=args.device,
-                                  **data_kwargs)
+    metrics = evaluate_checkpoint(args.checkpoint, args.dataset, args.split, data_dir=args.data_dir,
+                                  image_size=args.image_size, batch_size=args.batch_size, max_samples=args.max_samples,
+                                  device=args.device)
     print(json.dumps(metrics, indent=2))
     if args.output:
         _write_json(args.output, metrics)

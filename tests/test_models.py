@@ -376,6 +376,41 @@ def test_classifier_is_the_only_logit_path(name):
 
 
 # --------------------------------------------------------------------------------------------------------------
+# What the trainer relies on: feature modules (init stages), the reference's preact forward, gradients (DDP)
+# --------------------------------------------------------------------------------------------------------------
+
+# RepDistiller `models/*.py`, `get_feat_modules()` of each family, in its order (written from the reference code).
+# ReLU and pooling modules carry no parameters; rrd_hf applies them functionally, so they have no module here.
+REPDISTILLER_FEAT_MODULES = {
+    "resnet8": ["conv1", "bn1", "relu", "layer1", "layer2", "layer3"],  # resnet.py
+    "wrn_16_2": ["conv1", "block1", "block2", "block3"],  # wrn.py
+    "vgg8": ["block0", "pool0", "block1", "pool1", "block2", "pool2", "block3", "pool3", "block4", "pool4"],  # vgg.py
+    "ResNet50": ["conv1", "bn1", "layer1", "layer2", "layer3", "layer4"],  # resnetv2.py
+    "MobileNetV2": ["conv1", "blocks"],  # mobilenetv2.py
+    "ShuffleV1": ["conv1", "bn1", "layer1", "layer2", "layer3"],  # ShuffleNetv1.py
+    "ShuffleV2": ["conv1", "bn1", "layer1", "layer2", "layer3"],  # ShuffleNetv2.py
+}
+PARAMETER_FREE = {"relu", "pool0", "pool1", "pool2", "pool3", "pool4"}
+# Parameters outside get_feat_modules() besides the classifier: the layers between the last stage and the pool.
+OUTSIDE_FEATURE_MODULES = {"wrn_16_2": ("bn1.",), "MobileNetV2": ("conv2.",), "ShuffleV2": ("conv2.", "bn2.")}
+
+
+@pytest.mark.parametrize("name", list(REPDISTILLER_FEAT_MODULES))
+def test_feature_modules_are_repdistillers_get_feat_modules(name):
+    model = build_model(name, num_labels=NUM_LABELS, **FAMILY_REPS[name])
+    modules = model.feature_modules()
+    by_identity = {id(module): attr for attr, module in model.named_children()}
+    assert [by_identity[id(m)] for m in modules] == [
+        attr for attr in REPDISTILLER_FEAT_MODULES[name] if attr not in PARAMETER_FREE
+    ]
+    # The same statement about parameters: everything but the classifier and the family's post-stage layers.
+    inside = {id(p) for m in modules for p in m.parameters()}
+    outside = ("classifier.", *OUTSIDE_FEATURE_MODULES.get(name, ()))
+    for param_name, param in model.named_parameters():
+        assert (id(param) in inside) == (not param_name.startswith(outside)), param_name
+
+
+# --------------------------------------------------------------------------------------------------------------
 # Precision, memory format, compile
 # --------------------------------------------------------------------------------------------------------------
 

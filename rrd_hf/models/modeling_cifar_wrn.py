@@ -90,6 +90,8 @@ class CifarWideResNetForImageClassification(CifarPreTrainedModel):
     base_model_prefix = "cifar_wrn"
     _conv_init = "kaiming_fan_out"
     _linear_init = "torch_default_zero_bias"
+    # RepDistiller wrn.py get_feat_modules(): conv1, block1, block2, block3 (not the final bn1).
+    _feature_module_names = ("conv1", "block1", "block2", "block3")
 
     def __init__(self, config: CifarWideResNetConfig):
         super().__init__(config)

@@ -220,6 +220,26 @@ def test_get_config_overrides_and_labels():
     assert cfg.label2id["cifar_class_3"] == 3
 
 
+def test_class_names_become_the_label_maps():
+    """`build_model(name, class_names=...)` names the labels, so a pipeline answers with names, not LABEL_i."""
+    names = ["apple", "bee", "cat"]
+    for model in (build_model("resnet8", class_names=names), build_model("resnet8", 3, class_names=tuple(names))):
+        assert model.config.num_labels == 3 and model.classifier.out_features == 3
+        assert model.config.id2label == {0: "apple", 1: "bee", 2: "cat"}
+        assert model.config.label2id == {"apple": 0, "bee": 1, "cat": 2}
+    assert build_model("resnet8").config.num_labels == 100  # CIFAR-100 without names
+    with pytest.raises(ValueError, match="3 names but num_labels=10"):
+        build_model("resnet8", 10, class_names=names)
+    with pytest.raises(ValueError, match="not both"):
+        build_model("resnet8", class_names=names, id2label={0: "a", 1: "b", 2: "c"})
+    with pytest.raises(ValueError, match="unique.*'bee'"):
+        build_model("resnet8", class_names=["apple", "bee", "bee"])
+    with pytest.raises(ValueError, match="empty"):
+        build_model("resnet8", class_names=[])
+    with pytest.raises(TypeError, match="list of names"):
+        build_model("resnet8", class_names="apple")
+
+
 def test_config_json_round_trip_and_feature_dim_validation(tmp_path):
     cfg = get_config("resnet32x4", num_labels=100)
     cfg.save_pretrained(tmp_path)
@@ -594,7 +614,7 @@ def saved_zoo(tmp_path_factory):
     manifest = {"models": {}, "pipeline_dir": str(root / "resnet8")}
     models = {}
     for name, overrides in FAMILY_REPS.items():
-        model = _make_realistic_(build_model(name, num_labels=NUM_LABELS, id2label=ID2LABEL, **overrides))
+        model = _make_realistic_(build_model(name, class_names=list(ID2LABEL.values()), **overrides))
         path = save_pretrained_with_processor(model, root / name)
         with torch.no_grad():
             out = model(x, output_hidden_states=True)

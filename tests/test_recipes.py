@@ -111,6 +111,41 @@ def test_flags_override_the_recipe_and_typos_are_caught(tmp_path):
         parse_recipe([str(bad)])
 
 
+# --------------------------------------------------------------------------------------------------------------
+# Launch configurations
+# --------------------------------------------------------------------------------------------------------------
+
+LAUNCH = {  # config -> (distributed type, precision): fp32 by default, the precision of the published numbers
+    "single_gpu": ("NO", "no"), "single_gpu_bf16": ("NO", "bf16"),
+    "multi_gpu": ("MULTI_GPU", "no"), "multi_gpu_bf16": ("MULTI_GPU", "bf16"), "cpu": ("NO", "no"),
+}
+
+
+def test_launch_configs_default_to_fp32_and_pin_one_gpu():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    assert {p.stem for p in (RECIPES / "accelerate").glob("*.yaml")} == set(LAUNCH)
+    for name, (distributed, precision) in LAUNCH.items():
+        config = load_config_from_file(str(RECIPES / "accelerate" / f"{name}.yaml"))
+        assert (config.distributed_type.value, str(config.mixed_precision)) == (distributed, precision), name
+        if name.startswith("single_gpu"):
+            # One pinned GPU: "all" with distributed_type NO makes Trainer use nn.DataParallel on a multi-GPU host.
+            assert config.gpu_ids == "0" and config.num_processes == 1
+
+
+@pytest.mark.parametrize("name", ["single_gpu", "single_gpu_bf16"])
+def test_single_gpu_launch_exposes_one_device(name):
+    """What `accelerate launch --config_file ...` puts in the environment of the training process."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils.launch import prepare_simple_launcher_cmd_env
+
+    argv = ["--config_file", str(RECIPES / "accelerate" / f"{name}.yaml"), "-m", "rrd_hf.train", "recipe.yaml"]
+    args = _validate_launch_command(launch_command_parser().parse_args(argv))[0]
+    _, env = prepare_simple_launcher_cmd_env(args)
+    assert env["CUDA_VISIBLE_DEVICES"] == "0"
+    assert env["ACCELERATE_MIXED_PRECISION"] == LAUNCH[name][1]
+
+
 @pytest.mark.parametrize("recipe", TEACHER_RECIPES + STUDENT_RECIPES + METHOD_RUNS, ids=lambda p: p.stem)
 def test_recipe_runs_two_steps(recipe, tmp_path, cifar100_like, teachers):
     model_args, _, config = parse_recipe([str(recipe)])

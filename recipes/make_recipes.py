@@ -368,7 +368,7 @@ STUDENT_METHODS: dict[str, Method] = {
 }
 METHODS: dict[str, Method] = {
     "kd": Method("KD", kd_lines, published=_column(0), number_source="crd", note="the benchmark's KD"),
-    **{key: Method(key.upper() if key not in ("fitnet",) else "FitNet", lines, pairs=_baseline_pairs(key),
+    **{key: Method({"fitnet": "FitNet"}.get(key, key.upper()), lines, pairs=_baseline_pairs(key),
                    published=_column(TABLE_ROWS.index(key)), number_source="crd",
                    note="the benchmark's setting (the method's own constants are rrd_hf.methods' defaults, "
                         "RepDistiller's)")
@@ -377,8 +377,8 @@ METHODS: dict[str, Method] = {
                      note="the benchmark's CRD+KD"),
     "dkd": Method("DKD", dkd_lines, published=DKD_PUBLISHED, number_source="dkd",
                   note="mdistiller's DKD setting (beta per pair)", no_number=_dkd_no_number),
-    "rrd_dkd": Method("RRD+DKD", rrd_dkd_lines, note="RRD (published setting) plus DKD (mdistiller's setting for "
-                      "this pair)", uses_rrd=True, no_number=_not_published),
+    "rrd_dkd": Method("RRD+DKD", rrd_dkd_lines, note="RRD (published setting) plus DKD (mdistiller's setting, beta "
+                      "per pair)", uses_rrd=True, no_number=_not_published),
     "kd_ls": Method("KD+LS", kd_ls_lines, pairs=MODERN_PAIRS, published=KD_LS_PUBLISHED, number_source="ls",
                     note="KD with logit standardisation, the LS authors' CIFAR-100 command"),
     "dkd_ls": Method("DKD+LS", dkd_ls_lines, pairs=MODERN_PAIRS, published=DKD_LS_PUBLISHED, number_source="ls",

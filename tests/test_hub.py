@@ -3,6 +3,7 @@
 import concurrent.futures
 import hashlib
 import json
+import logging
 import os
 import pathlib
 import shutil
@@ -90,7 +91,8 @@ def run_dir(tmp_path_factory):
                      optim="sgd", optim_args="momentum=0.9", weight_decay=5e-4, decay_all_parameters=True,
                      lr_decay_epochs=[150, 180, 210], kd_weight=0.0, rrd_weight=1.0, memory_size=16384, seed=3,
                      teacher_model_name_or_path="me/resnet14-teacher", report_to="none", use_cpu=True)
-    torch.save(args, root / "training_args.bin")
+    torch.save(args, root / "training_args.bin")  # as Trainer writes it; publishing never opens it
+    (root / "training_args.json").write_text(json.dumps(args.to_dict(), default=str))  # as HubMixin writes it
     (root / "results.json").write_text(json.dumps({
         "dataset": "cifar100", "teacher": "me/resnet14-teacher", "seed": 3, "global_step": 187440,
         "num_evaluations": 240, "best_top1": 71.23, "best_top5": 91.5, "best_epoch": 231.0, "best_step": 180000,
@@ -196,7 +198,7 @@ def test_other_distillation_methods_are_named_for_what_they_are(run_dir):
 
 
 def test_best_epoch_is_reported_only_when_it_was_loaded(run_dir):
-    args = json.loads(json.dumps(torch.load(run_dir / "training_args.bin", weights_only=False).to_dict()))
+    args = json.loads((run_dir / "training_args.json").read_text())
     card = build_model_card(run_dir, training_args={**args, "load_best_model_at_end": True})
     assert card.data.eval_results[0].metric_value == 71.23
 
@@ -270,6 +272,99 @@ def test_cli_export_dir_loads_with_the_remote_code_it_ships(run_dir, tmp_path):
     assert model.config.id2label[1] == "dog"
 
 
+# ------------------------------------------------------------------------------------------------- untrusted folders
+
+
+class TouchOnUnpickle:
+    """Unpickling this creates `marker`: what a crafted `training_args.bin` could do instead."""
+
+    def __init__(self, marker):
+        self.marker = pathlib.Path(marker)
+
+    def __reduce__(self):
+        return pathlib.Path.touch, (self.marker,)
+
+
+def write_custom_code_model(folder, marker):
+    """A model whose architecture neither transformers nor rrd_hf knows; importing its code creates `marker`."""
+    folder.mkdir(parents=True)
+    (folder / "configuration_toy.py").write_text(
+        f"open({str(marker)!r}, 'w').close()  # runs only if this file is imported\n"
+        "from transformers import PretrainedConfig\n\n\nclass ToyConfig(PretrainedConfig):\n"
+        "    model_type = 'toy-untrusted'\n")
+    (folder / "modeling_toy.py").write_text(
+        "import torch\nfrom transformers import PreTrainedModel\n"
+        "from transformers.modeling_outputs import ImageClassifierOutput\n\nfrom .configuration_toy import ToyConfig\n\n\n"
+        "class ToyForImageClassification(PreTrainedModel):\n    config_class = ToyConfig\n\n"
+        "    def __init__(self, config):\n        super().__init__(config)\n"
+        "        self.classifier = torch.nn.Linear(3, config.num_labels)\n        self.post_init()\n\n"
+        "    def forward(self, pixel_values=None, labels=None, **kwargs):\n"
+        "        return ImageClassifierOutput(logits=self.classifier(pixel_values.mean(dim=(2, 3))))\n")
+    (folder / "config.json").write_text(json.dumps({
+        "model_type": "toy-untrusted", "architectures": ["ToyForImageClassification"], "num_labels": 2,
+        "id2label": {"0": "a", "1": "b"}, "label2id": {"a": 0, "b": 1},
+        "auto_map": {"AutoConfig": "configuration_toy.ToyConfig",
+                     "AutoModelForImageClassification": "modeling_toy.ToyForImageClassification"}}))
+    save_file({"classifier.weight": torch.zeros(2, 3), "classifier.bias": torch.zeros(2)}, folder / "model.safetensors")
+    return folder
+
+
+def test_a_pickled_training_args_bin_is_never_opened(run_dir, tmp_path, caplog):
+    from rrd_hf.cli import main
+
+    probe = tmp_path / "probe-unpickled"  # the crafted pickle works: unpickling it does run its code
+    torch.save(TouchOnUnpickle(probe), tmp_path / "probe.bin")
+    torch.load(tmp_path / "probe.bin", weights_only=False)
+    assert probe.exists()
+
+    marker, crafted = tmp_path / "unpickled", tmp_path / "crafted"
+    shutil.copytree(run_dir, crafted)
+    os.remove(crafted / "training_args.json")
+    torch.save(TouchOnUnpickle(marker), crafted / "training_args.bin")
+    api = FakeApi(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="rrd_hf"):
+        push_to_hub(crafted, "me/resnet8-rrd", api=api)
+        main(["push", str(crafted), "me/resnet8-rrd", "--export-dir", str(tmp_path / "export")])
+    assert not marker.exists()
+    text = (api.uploads[0] / "README.md").read_text(encoding="utf-8")
+    assert "hyper-parameters were not recorded" in text and "| learning rate |" not in text
+    assert "never unpickles training_args.bin" in caplog.text and "--training-args" in caplog.text
+    # The values can still be given, as data.
+    main(["push", str(crafted), "me/resnet8-rrd", "--export-dir", str(tmp_path / "given"),
+          "--training-args", str(run_dir / "training_args.json")])
+    assert "| learning rate | 0.05 |" in (tmp_path / "given" / "README.md").read_text(encoding="utf-8")
+    assert not marker.exists()
+
+
+def test_rrd_hf_architectures_load_without_running_the_folders_code(run_dir, tmp_path):
+    marker, crafted = tmp_path / "imported", tmp_path / "crafted"
+    shutil.copytree(run_dir, crafted)
+    with open(crafted / "_cifar_common.py", "a", encoding="utf-8") as handle:
+        handle.write(f"\nopen({str(marker)!r}, 'w').close()\n")
+    api = FakeApi(tmp_path)
+    push_to_hub(crafted, "me/resnet8-rrd", api=api)
+    export_student(crafted, tmp_path / "export", trust_remote_code=True)  # consent is not needed, nor used
+    assert not marker.exists()
+    assert files_of(api.uploads[0]) == CLEAN  # the code is published for users to read, not run here
+
+
+def test_unknown_custom_code_runs_only_with_the_users_flag(tmp_path):
+    from rrd_hf.cli import main
+
+    marker = tmp_path / "imported"
+    folder = write_custom_code_model(tmp_path / "toy", marker)
+    api = FakeApi(tmp_path)
+    with pytest.raises(ExportError, match=r"'toy-untrusted'.*trust_remote_code=True.*--trust-remote-code"):
+        push_to_hub(folder, "me/toy", api=api)
+    with pytest.raises(ExportError, match="modeling_toy.py"):
+        main(["push", str(folder), "me/toy", "--export-dir", str(tmp_path / "refused")])
+    assert api.calls == [] and not marker.exists() and not (tmp_path / "refused").exists()
+    main(["push", str(folder), "me/toy", "--export-dir", str(tmp_path / "trusted"), "--trust-remote-code"])
+    assert marker.exists()  # with the user's consent, validation imported the model's code
+    assert files_of(tmp_path / "trusted") == {"config.json", "model.safetensors", "configuration_toy.py",
+                                              "modeling_toy.py", "README.md"}
+
+
 def test_templates_ship_with_the_package_and_every_subpackage_is_listed():
     for kind in ("student", "teacher"):
         assert pathlib.Path(template_path(kind)).is_file()
@@ -300,6 +395,9 @@ def test_trainer_push_to_hub_publishes_only_the_clean_student(tmp_path, monkeypa
                  processing_class=cifar_image_processor())  # 8x8 images: the CIFAR nets pool globally
     trainer.train()
     assert (out / "checkpoint-2" / "rrd_state.safetensors").is_file() and (out / "checkpoint-2" / RUN_INFO_NAME).is_file()
+    # The arguments are saved as data next to every set of weights (publishing never unpickles training_args.bin).
+    saved_args = json.loads((out / "checkpoint-2" / "training_args.json").read_text())
+    assert saved_args == json.loads(json.dumps(args.to_dict(), default=str)) and saved_args["seed"] == 0
     checkpoint_pushes = len(api.uploads)
     assert checkpoint_pushes == 2  # steps 2 and 4, each the clean student of its checkpoint
     future = trainer.push_to_hub(commit_message="done", blocking=False, teacher="me/resnet14-teacher",

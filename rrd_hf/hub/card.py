@@ -2,8 +2,8 @@
 
 The card says what is known and says "not recorded" for what is not. Hyper-parameters, the teacher, the dataset,
 the hardware and the training time come, in this order, from the arguments, `_rrd_run.json` (written next to the
-weights by `HubMixin`), `results.json` (written by `rrd-hf train`), `training_args.bin` and the newest
-`trainer_state.json`. The teacher is recorded as the custom metadata key `teacher_model`, never as `base_model`:
+weights by `HubMixin`), `results.json` (written by `rrd-hf train`), `training_args.json` (written by `HubMixin`) and
+the newest `trainer_state.json`: JSON only, never the pickled `training_args.bin`. The teacher is recorded as the custom metadata key `teacher_model`, never as `base_model`:
 `base_model` would list the student in the teacher's model tree as a fine-tune of it, which a student trained from
 scratch is not.
 """
@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
+from .custom_code import rrd_hf_model_types
 from .errors import ExportError
 from .facts import (
     NOT_RECORDED,
@@ -29,10 +30,11 @@ from .objective import describe_objective
 from .record import (
     RUN_INFO_NAME,
     figures,
-    load_training_args,
     newest_trainer_state,
     read_json,
+    read_training_args,
     runtime_from_logs,
+    training_args_dict,
     transfer_results,
 )
 
@@ -123,9 +125,10 @@ def build_model_card(
     saved_results = read_json(os.path.join(folder, "results.json")) or {}
     state, state_path = newest_trainer_state(folder)
 
-    if training_args is not None and not isinstance(training_args, dict):
-        training_args = training_args.to_dict() if hasattr(training_args, "to_dict") else dict(vars(training_args))
-    args = training_args or run.get("training_args") or load_training_args(folder)
+    if training_args is not None:
+        args = training_args_dict(training_args)
+    else:  # JSON only: a folder's training_args.bin is a pickle and is never opened
+        args = run.get("training_args") or read_training_args(folder)
 
     if results is None:  # the first source that holds evaluations
         candidates = [summarize_log_history(log_history)] if log_history is not None else []
@@ -203,6 +206,7 @@ def build_model_card(
         "num_labels": config.get("num_labels") or len(config.get("id2label") or {}) or None,
         "num_parameters": num_parameters(folder),
         "remote_code": bool(config.get("auto_map")),
+        "rrd_hf_code": config.get("model_type") in rrd_hf_model_types(),
         "processor": processor is not None,
         "image_size": size.get("height") or size.get("shortest_edge"),
         "image_mean": (processor or {}).get("image_mean"),

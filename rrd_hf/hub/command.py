@@ -15,7 +15,8 @@ def push_command(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(
         prog="rrd-hf push",
         description="Publish the clean student of a run folder (weights, config, model code, processor, card, figures) "
-        "in one commit. The teacher, RRD heads/memory, optimizer, training_args.bin and checkpoint-* never go up.",
+        "in one commit. The teacher, RRD heads/memory, optimizer, training_args.bin and checkpoint-* never go up, "
+        "and no code from the folder runs unless --trust-remote-code is given.",
     )
     parser.add_argument("checkpoint", help="run output_dir or save_pretrained folder")
     parser.add_argument("repo_id", help="namespace/name of the model repo (created if missing)")
@@ -32,9 +33,16 @@ def push_command(argv: list[str]) -> None:
     parser.add_argument("--revision", default=None, help="branch to commit to")
     parser.add_argument("--commit-message", default="Upload student distilled with rrd_hf")
     parser.add_argument("--export-dir", default=None, help="only write the validated clean folder here (no upload)")
+    parser.add_argument("--training-args", default=None, metavar="FILE.json",
+                        help="training arguments for the card (default: the run's training_args.json; "
+                        "training_args.bin is never unpickled)")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="let validation import the folder's own .py files; needed only for an architecture that "
+                        "neither transformers nor rrd_hf knows (read the files first)")
     args = parser.parse_args(argv)
     card_kwargs = dict(repo_id=args.repo_id, teacher=args.teacher, dataset=args.dataset, eval_split=args.eval_split,
-                       kind=args.kind, license=args.license, tags=args.tag, report=args.report)
+                       kind=args.kind, license=args.license, tags=args.tag, report=args.report,
+                       training_args=args.training_args, trust_remote_code=args.trust_remote_code)
     if args.export_dir:
         files = export_student(args.checkpoint, args.export_dir, **card_kwargs)
         print(json.dumps({"export_dir": args.export_dir, "files": files}, indent=2))

@@ -4,10 +4,13 @@ What goes up is an allow-list, never "the folder minus some patterns": the weigh
 shards of its index), `config.json`, the modeling/configuration files that `config.auto_map` needs (with their
 relative imports, e.g. `_cifar_common.py`), `preprocessor_config.json`, the card `README.md` and the figures
 (`*.png`, `figures/*.png`). The teacher, the projection heads and memory (`rrd_state.safetensors`), the optimizer,
-`training_args.bin`, `trainer_state.json` and `checkpoint-*` folders therefore never leave the machine. The files
-are staged into a temporary folder and validated (the weights load with `AutoModelForImageClassification` with no
-missing or unexpected keys, the card parses, the required files are there) before a single `upload_folder` commit,
-so the Hub never sees a half-written folder and a failed upload leaves the local files untouched.
+`training_args.bin`/`training_args.json`, `_rrd_run.json`, `results.json`, `trainer_state.json` and `checkpoint-*`
+folders therefore never leave the machine (the card carries what they say). The files are staged into a temporary
+folder and validated (the weights load with `AutoModelForImageClassification` with no missing or unexpected keys,
+the card parses, the required files are there) before a single `upload_folder` commit, so the Hub never sees a
+half-written folder and a failed upload leaves the local files untouched. Nothing of the folder is executed on the
+way: no pickle is opened and its `.py` files are imported only with the user's `trust_remote_code=True` (see
+`custom_code`).
 """
 
 from __future__ import annotations
@@ -16,46 +19,15 @@ import logging
 import os
 import re
 import shutil
-from pathlib import Path
 
 from .card import build_model_card
+from .custom_code import check_code_trust, module_closure, requires_remote_code
 from .errors import ExportError
 from .record import figures, read_json
 
 logger = logging.getLogger(__name__)
 
 SHARD_RE = re.compile(r"^model-\d{5}-of-\d{5}\.safetensors$")
-RELATIVE_IMPORT_RE = re.compile(r"^\s*from\s+\.(\w*)\s+import\s+([\w\s,()]+)", re.MULTILINE)
-
-
-def module_closure(folder: str, config: dict) -> list[str]:
-    """The .py files `config.auto_map` names, plus every sibling they import relatively (recursively)."""
-    auto_map = config.get("auto_map") or {}
-    pending = []
-    for reference in auto_map.values():
-        for item in reference if isinstance(reference, (list, tuple)) else [reference]:
-            if isinstance(item, str) and "." in item:
-                pending.append(item.split("--")[-1].rsplit(".", 1)[0])
-    seen: list[str] = []
-    while pending:
-        module = pending.pop()
-        filename = f"{module}.py"
-        if filename in seen:
-            continue
-        path = os.path.join(folder, filename)
-        if not os.path.isfile(path):
-            raise ExportError(
-                f"{folder}: config.json's auto_map needs {filename}, which is missing. Re-save the model with "
-                "save_pretrained after registering it for the Auto classes (rrd_hf.models does this), or remove auto_map."
-            )
-        seen.append(filename)
-        source = Path(path).read_text(encoding="utf-8")
-        for match in RELATIVE_IMPORT_RE.finditer(source):
-            if match.group(1):
-                pending.append(match.group(1))
-            else:  # from . import a, b
-                pending.extend(n.strip() for n in match.group(2).strip("() \n").split(",") if n.strip())
-    return sorted(seen)
 
 
 def weight_files(folder: str) -> list[str]:
@@ -73,22 +45,19 @@ def weight_files(folder: str) -> list[str]:
     raise ExportError(f"{folder} has no model.safetensors{hint}: pass the folder written by save_model / save_pretrained.")
 
 
-def validate_stage(stage: str, config: dict) -> None:
-    """The staged folder loads as it will from the Hub: all weights used, nothing missing, the card parses."""
+def validate_stage(stage: str, config: dict, trust_remote_code: bool = False) -> None:
+    """The staged folder loads as it will from the Hub: all weights used, nothing missing, the card parses.
+
+    The weights load through the Auto classes this process registered (transformers' and rrd_hf's), never through
+    the staged `.py` files, unless the architecture is unknown here and the user passed `trust_remote_code=True`.
+    """
     from huggingface_hub import ModelCard
     from transformers import AutoModelForImageClassification
 
-    import rrd_hf.models  # noqa: F401  (registers rrd_hf's architectures)
-
+    run_code = requires_remote_code(config) and trust_remote_code
     try:
-        try:
-            model, info = AutoModelForImageClassification.from_pretrained(stage, output_loading_info=True)
-        except ValueError:
-            if not config.get("auto_map"):
-                raise
-            # An architecture this process does not know: load it the way the Hub will, from the staged code.
-            model, info = AutoModelForImageClassification.from_pretrained(
-                stage, output_loading_info=True, trust_remote_code=True)
+        model, info = AutoModelForImageClassification.from_pretrained(
+            stage, output_loading_info=True, trust_remote_code=run_code)
     except Exception as error:
         raise ExportError(f"the exported weights do not load with AutoModelForImageClassification: {error}") from error
     problems = {k: v for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
@@ -117,12 +86,14 @@ def card_from(card, folder: str, card_kwargs: dict):
 
 
 def export_student(checkpoint_dir: str | os.PathLike, export_dir: str | os.PathLike, *, card=None,
-                   **card_kwargs) -> list[str]:
+                   trust_remote_code: bool = False, **card_kwargs) -> list[str]:
     """Copy the clean, publishable files of `checkpoint_dir` into the empty (or new) `export_dir`, write the card,
     validate the result, and return the relative paths written.
 
     `card`: a `ModelCard`, a path to a README.md, or None to build one with `build_model_card(**card_kwargs)`.
-    Nothing in `checkpoint_dir` is modified.
+    `trust_remote_code`: let validation import the folder's own `.py` files, which is needed only for an
+    architecture that neither transformers nor rrd_hf knows (read them first); never assumed.
+    Nothing in `checkpoint_dir` is modified and none of its code runs unless `trust_remote_code=True`.
     """
     folder, stage = os.fspath(checkpoint_dir), os.fspath(export_dir)
     if not os.path.isdir(folder):
@@ -132,6 +103,7 @@ def export_student(checkpoint_dir: str | os.PathLike, export_dir: str | os.PathL
     config = read_json(os.path.join(folder, "config.json"))
     if config is None:
         raise ExportError(f"{folder} has no readable config.json: pass a folder written by save_pretrained / save_model.")
+    check_code_trust(folder, config, trust_remote_code)
     files = ["config.json", *weight_files(folder), *module_closure(folder, config)]
     if os.path.isfile(os.path.join(folder, "preprocessor_config.json")):
         files.append("preprocessor_config.json")
@@ -146,5 +118,5 @@ def export_student(checkpoint_dir: str | os.PathLike, export_dir: str | os.PathL
         shutil.copy2(os.path.join(folder, relative), target)
     rendered.save(os.path.join(stage, "README.md"))
     files.append("README.md")
-    validate_stage(stage, config)
+    validate_stage(stage, config, trust_remote_code)
     return sorted(files)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .card import build_model_card
 from .errors import HubPublishError
-from .record import RUN_INFO_NAME, hardware_description, runtime_from_logs
+from .record import RUN_INFO_NAME, hardware_description, runtime_from_logs, training_args_dict, write_training_args
 from .upload import push_to_hub
 
 logger = logging.getLogger(__name__)
@@ -56,13 +56,17 @@ class HubMixin:
       student goes up (no heads, memory, optimizer, `training_args.bin` or checkpoints).
     * Pushes during training (`args.push_to_hub` with `hub_strategy` every_save/checkpoint/all_checkpoints) also
       publish only the clean student of the checkpoint; resumable checkpoints are never uploaded.
-    * Every save also writes `_rrd_run.json` (hardware, world size, teacher, dataset, arguments, log summary), so
-      `rrd-hf push FOLDER` later gives the same card.
+    * Every save also writes `training_args.json` (the arguments as data, beside Trainer's pickled
+      `training_args.bin`) and `_rrd_run.json` (hardware, world size, teacher, dataset, what was evaluated, log
+      summary), so `rrd-hf push FOLDER` later gives the same card without unpickling anything.
 
     `hub_api`: an `HfApi`-like object to use (tests); default `transformers.trainer.hf_api()`.
+    `hub_trust_remote_code`: set True to let export validation import the model's own `.py` files, needed only for
+    an architecture that neither transformers nor rrd_hf knows (see `rrd_hf.hub.export_student`).
     """
 
     hub_api = None
+    hub_trust_remote_code = False
 
     def _rrd_hub_api(self):
         if self.hub_api is not None:
@@ -94,7 +98,7 @@ class HubMixin:
             "epoch": self.state.epoch,
             "train_runtime": runtime_from_logs(history),
             "summary": summarize_log_history(history),
-            "training_args": json.loads(json.dumps(self.args.to_dict(), default=str)),
+            "training_args": training_args_dict(self.args),
         }
 
     def _rrd_write_run_info(self, output_dir: str, dataset: str | None = None) -> None:
@@ -107,7 +111,9 @@ class HubMixin:
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         super()._save(output_dir, state_dict)
         if self.args.should_save:
-            self._rrd_write_run_info(output_dir if output_dir is not None else self.args.output_dir)
+            output_dir = output_dir if output_dir is not None else self.args.output_dir
+            write_training_args(self.args, output_dir)
+            self._rrd_write_run_info(output_dir)
 
     def _rrd_card(self, folder: str, *, language=None, license=None, tags=None, model_name=None, finetuned_from=None,
                   dataset_tags=None, dataset=None, **card_kwargs):
@@ -162,10 +168,12 @@ class HubMixin:
                     revision: str | None = None, private: bool | None = None, **kwargs):
         """Save the model, write the card, publish the clean student of `output_dir` (see `rrd_hf.hub.push_to_hub`).
 
-        `kwargs` go to `create_model_card` (license, tags, dataset, teacher, ...), plus `api=` for a Hub client.
+        `kwargs` go to `create_model_card` (license, tags, dataset, teacher, ...), plus `api=` for a Hub client and
+        `trust_remote_code=` (default `hub_trust_remote_code`).
         With `blocking=False` the upload runs in the Hub client's background thread and a `Future` is returned.
         """
         api = kwargs.pop("api", None) or self._rrd_hub_api()
+        trust_remote_code = kwargs.pop("trust_remote_code", self.hub_trust_remote_code)
         self.callback_handler.on_push_begin(self.args, self.state, self.control)
         self.save_model(_internal_call=True)
         if not self.is_world_process_zero():
@@ -179,7 +187,7 @@ class HubMixin:
             token=token if token is not None else self.args.hub_token,
             revision=revision if revision is not None else self.args.hub_revision,
             commit_message=commit_message or "End of training",
-            card=os.path.join(self.args.output_dir, "README.md"),
+            card=os.path.join(self.args.output_dir, "README.md"), trust_remote_code=trust_remote_code,
         )
         if not blocking and hasattr(api, "run_as_future"):
             return api.run_as_future(push_to_hub, self.args.output_dir, self._rrd_repo_id(), **push)
@@ -202,6 +210,6 @@ class HubMixin:
         try:
             push_to_hub(checkpoint_folder, self._rrd_repo_id(), api=self._rrd_hub_api(), token=self.args.hub_token,
                         revision=self.args.hub_revision, commit_message=f"Training in progress, step {step}",
-                        card=self._rrd_card(checkpoint_folder))
+                        card=self._rrd_card(checkpoint_folder), trust_remote_code=self.hub_trust_remote_code)
         except HubPublishError as error:  # training goes on; the final push will report again
             logger.warning("push of step %d failed: %s", step, error)

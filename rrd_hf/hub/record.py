@@ -16,6 +16,8 @@ logger = logging.getLogger(__name__)
 #: Written next to the weights by `HubMixin`: what the card needs and the folder does not otherwise record
 #: (hardware, world size, the teacher and dataset names). The leading underscore keeps `Trainer`'s own pushes off it.
 RUN_INFO_NAME = "_rrd_run.json"
+#: The training arguments as JSON, written beside `training_args.bin` (a pickle that publishing never opens).
+TRAINING_ARGS_NAME = "training_args.json"
 
 
 def hardware_description(device=None, world_size: int | None = None) -> str:
@@ -63,19 +65,50 @@ def newest_trainer_state(folder: str) -> tuple[dict | None, str | None]:
     return read_json(path), path
 
 
-def load_training_args(folder: str) -> dict | None:
-    """`training_args.bin` as a dict. It is a pickle (as Trainer writes it): read only your own checkpoints."""
-    path = os.path.join(folder, "training_args.bin")
-    if not os.path.isfile(path):
-        return None
-    try:
-        import torch
+def json_safe(value):
+    """`value` as plain JSON types (what `json.dumps` cannot write becomes its `str`)."""
+    return json.loads(json.dumps(value, default=str))
 
-        args = torch.load(path, weights_only=False, map_location="cpu")
-        return args.to_dict() if hasattr(args, "to_dict") else dict(vars(args))
-    except Exception as error:  # an incompatible pickle must not stop a push; the card then says "not recorded"
-        logger.warning("could not read %s (%s): the card will list the hyper-parameters as not recorded.", path, error)
-        return None
+
+def training_args_dict(training_args) -> dict:
+    """The training arguments as a JSON-safe dict, from a `TrainingArguments`, a mapping or a JSON file's path.
+
+    `TrainingArguments.to_dict` already replaces tokens with placeholders, so the result holds no secret.
+    """
+    if isinstance(training_args, (str, os.PathLike)):
+        values = read_json(training_args)
+        if values is None:
+            raise ValueError(f"{os.fspath(training_args)} is not a readable JSON object of training arguments: pass "
+                             f"the {TRAINING_ARGS_NAME} of a run (or a dict / TrainingArguments).")
+        return values
+    if hasattr(training_args, "to_dict"):
+        return json_safe(training_args.to_dict())
+    return json_safe(dict(training_args if isinstance(training_args, dict) else vars(training_args)))
+
+
+def write_training_args(training_args, output_dir: str) -> None:
+    """Write `training_args.json`: the arguments as data, so publishing never has to unpickle `training_args.bin`."""
+    with open(os.path.join(output_dir, TRAINING_ARGS_NAME), "w", encoding="utf-8") as handle:
+        json.dump(training_args_dict(training_args), handle, indent=2, sort_keys=True)
+
+
+def read_training_args(folder: str) -> dict | None:
+    """`training_args.json` of the folder; None (with a warning saying what to do) when only the pickle is there.
+
+    `training_args.bin` is never read: unpickling runs whatever code the file names, and the folder being
+    published is not trusted.
+    """
+    values = read_json(os.path.join(folder, TRAINING_ARGS_NAME))
+    if values is not None:
+        return values
+    if os.path.isfile(os.path.join(folder, "training_args.bin")):
+        logger.warning(
+            "%s holds training_args.bin but no %s: rrd_hf never unpickles training_args.bin when publishing (a pickle "
+            "can run arbitrary code), so the card lists the hyper-parameters as not recorded. To include them, re-save "
+            "the run with rrd_hf (RRDTrainer writes %s with every save), or pass them: training_args= (a dict, "
+            "TrainingArguments or JSON file) to build_model_card / push_to_hub, or `rrd-hf push --training-args FILE.json`.",
+            folder, TRAINING_ARGS_NAME, TRAINING_ARGS_NAME)
+    return None
 
 
 def runtime_from_logs(log_history: Iterable[dict] | None) -> float | None:
@@ -83,7 +116,6 @@ def runtime_from_logs(log_history: Iterable[dict] | None) -> float | None:
         if "train_runtime" in log:
             return float(log["train_runtime"])
     return None
-
 
 
 def figures(folder: str) -> list[dict]:

@@ -58,6 +58,7 @@ def push_to_hub(
     revision: str | None = None,
     create_pr: bool = False,
     card=None,
+    trust_remote_code: bool = False,
     **card_kwargs,
 ):
     """Publish the clean student of `checkpoint_dir` to `repo_id` in one commit; returns the `CommitInfo`.
@@ -65,12 +66,13 @@ def push_to_hub(
     Stages and validates first (see `export_student`), then `api.create_repo(exist_ok=True)` and one
     `api.upload_folder`. `api` defaults to `huggingface_hub.HfApi()`; any object with those two methods works (tests
     pass a fake). `card_kwargs` go to `build_model_card` (teacher=, dataset=, license=, kind="teacher", ...).
+    `trust_remote_code`: see `export_student` (only for architectures unknown to transformers and rrd_hf).
     Raises `HubPublishError` (with the reason and what to do) when the Hub call fails; local files are never touched.
     """
     folder = os.fspath(checkpoint_dir)
     card_kwargs.setdefault("repo_id", repo_id)
     with tempfile.TemporaryDirectory(prefix="rrd_hf_push_") as stage:
-        files = export_student(folder, stage, card=card, **card_kwargs)
+        files = export_student(folder, stage, card=card, trust_remote_code=trust_remote_code, **card_kwargs)
         api = api if api is not None else default_api()
         try:
             url = api.create_repo(repo_id, token=token, private=private, exist_ok=True, repo_type="model")

@@ -1,13 +1,11 @@
-"""Facts of a run turned into card text: names and links, durations, hyper-parameter rows."""
+"""Facts of a run turned into card text: names and links, durations, sizes, and what was evaluated."""
 
 from __future__ import annotations
 
-import json
-import re
 import math
 import os
+import re
 
-from .objective import METHOD_NAMES
 from .record import read_json
 
 NOT_RECORDED = "not recorded"
@@ -31,8 +29,8 @@ def format_duration(seconds: float | None) -> str:
     return f"{text} ({seconds:.0f} s)"
 
 
-def describe_dataset(name_or_path: str | None, eval_split: str | None = None) -> dict | None:
-    """Hub id, display name and evaluation split of a known name, Hub id or local folder (when recognisable)."""
+def describe_dataset(name_or_path: str | None) -> dict | None:
+    """Hub id, display name and evaluation split (None when unknown) of a known name, Hub id or local folder."""
     if not name_or_path:
         return None
     from ..data import find_dataset_info
@@ -47,12 +45,11 @@ def describe_dataset(name_or_path: str | None, eval_split: str | None = None) ->
             info = None
     if info is not None:
         return {"hub_id": info.hub_id, "name": PRETTY_DATASET.get(info.name, info.name), "short": info.name,
-                "split": eval_split or info.eval_split, "train_split": info.train_split,
-                "url": f"https://huggingface.co/datasets/{info.hub_id}", "local": False}
+                "split": info.eval_split, "url": f"https://huggingface.co/datasets/{info.hub_id}", "local": False}
     if os.path.exists(text) or not HUB_ID_RE.match(text):
         return {"hub_id": None, "name": os.path.basename(os.path.normpath(text)) or text, "short": None,
-                "split": eval_split or "test", "train_split": "train", "url": None, "local": True}
-    return {"hub_id": text, "name": text, "short": None, "split": eval_split or "test", "train_split": "train",
+                "split": None, "url": None, "local": True}
+    return {"hub_id": text, "name": text, "short": None, "split": None,
             "url": f"https://huggingface.co/datasets/{text}", "local": False}
 
 
@@ -97,7 +94,6 @@ def num_parameters(folder: str) -> int | None:
         return None
 
 
-
 def fmt(value) -> str:
     if value is None:
         return NOT_RECORDED
@@ -108,76 +104,47 @@ def fmt(value) -> str:
     return str(value)
 
 
-def hyperparameter_rows(args: dict | None, world_size: int | None, method_slug: str | None) -> list[tuple[str, str]]:
-    """(name, value) rows of every setting that changes the result; empty when the arguments were not recorded."""
-    if not args:
-        return []
-    a = args.get
-    rows: list[tuple[str, str]] = []
-    if method_slug is not None and a("rrd_weight") is not None:
-        loss = f"{fmt(a('ce_weight'))} · CE + {fmt(a('kd_weight'))} · KD + {fmt(a('rrd_weight'))} · RRD"
-        if a("distill_method"):
-            loss += f" + {fmt(a('distill_weight'))} · {METHOD_NAMES.get(a('distill_method'), a('distill_method').upper())}"
-        rows.append(("loss", loss))
-    if a("distill_method"):
-        rows.append(("distillation method (rrd_hf.methods)", fmt(a("distill_method"))))
-        if a("distill_kwargs"):
-            rows.append(("method arguments", json.dumps(a("distill_kwargs"), sort_keys=True)))
-        if a("init_epochs") is not None:
-            rows.append(("initialisation-stage epochs", fmt(a("init_epochs"))))
-    if a("rrd_weight"):
-        if a("rrd_preset"):
-            rows.append(("RRD preset", fmt(a("rrd_preset"))))
-        rows += [
-            ("τ_s (student temperature)", fmt(a("student_temperature"))),
-            ("τ_t (teacher temperature)", fmt(a("teacher_temperature"))),
-            ("enqueue order", fmt(a("enqueue"))),
-            ("memory type", fmt(a("memory_type"))),
-            ("memory size K", fmt(a("memory_size"))),
-        ]
-        if a("memory_type") == "momentum":
-            rows.append(("memory momentum", fmt(a("memory_momentum"))))
-        rows.append(("embedding dim (projection heads)", fmt(a("embedding_dim"))))
-    if a("kd_weight"):
-        rows.append(("KD temperature T", fmt(a("kd_temperature"))))
-    max_steps = a("max_steps")
-    if isinstance(max_steps, int) and max_steps > 0:
-        rows.append(("training length", f"{max_steps} optimizer steps"))
-    else:
-        rows.append(("epochs", fmt(a("num_train_epochs"))))
-    per_device = a("per_device_train_batch_size")
-    accumulation = a("gradient_accumulation_steps") or 1
-    if per_device is not None:
-        if world_size:
-            batch = f"{per_device} per process × {world_size} process{'es' if world_size > 1 else ''}"
-            batch += f" × {accumulation} accumulation steps" if accumulation > 1 else ""
-            batch += f" = {per_device * world_size * accumulation}"
-        else:
-            batch = f"{per_device} per process × number of processes {NOT_RECORDED}"
-        rows.append(("batch size", batch))
-    optim = fmt(a("optim"))
-    if a("optim_args"):
-        optim += f" ({a('optim_args')})"
-    elif str(a("optim") or "").startswith("adam"):
-        optim += f" (β1 {fmt(a('adam_beta1'))}, β2 {fmt(a('adam_beta2'))}, ε {fmt(a('adam_epsilon'))})"
-    rows.append(("optimizer", optim))
-    rows.append(("learning rate", fmt(a("learning_rate"))))
-    if a("lr_decay_epochs"):
-        schedule = f"× {fmt(a('lr_decay_rate'))} at epochs {fmt(a('lr_decay_epochs'))}"
-    else:
-        schedule = fmt(a("lr_scheduler_type"))
-        if a("warmup_steps"):
-            schedule += f", warm-up {fmt(a('warmup_steps'))}"
-    rows.append(("LR schedule", schedule))
-    decay = fmt(a("weight_decay"))
-    if a("weight_decay"):
-        decay += " (every parameter)" if a("decay_all_parameters") else " (not on biases and norms)"
-    rows.append(("weight decay", decay))
-    if a("label_smoothing_factor"):
-        rows.append(("label smoothing", fmt(a("label_smoothing_factor"))))
-    if a("max_grad_norm"):
-        rows.append(("gradient clipping (max norm)", fmt(a("max_grad_norm"))))
-    precision = "bf16 autocast" if a("bf16") else "fp16 autocast" if a("fp16") else "fp32"
-    rows.append(("precision", precision))
-    rows.append(("seed", fmt(a("seed"))))
-    return rows
+def split_size(dataset: dict | None, split: str | None, recorded: int | None = None) -> int | None:
+    """Images in the full `split`: the official size for a known dataset (a local copy may hold fewer), else what
+    the run recorded from the loaded dataset."""
+    if split is None:
+        return None
+    if dataset and dataset.get("short"):
+        from ..data import KNOWN_DATASETS
+
+        info = KNOWN_DATASETS.get(dataset["short"])
+        if info is not None and split in info.split_sizes:
+            return info.split_sizes[split]
+    return recorded
+
+
+def describe_evaluation(dataset: dict | None, num_samples: int | None, split: str | None, size: int | None,
+                        assumed_split: bool = False) -> dict:
+    """What the accuracies were measured on, in words that claim no more than was recorded.
+
+    Returns `text` (for the card's sentence), `split` (for the model-index, None when unknown) and `qualifier`
+    (for the model-index metric name when the evaluation covered part of a split, or an unknown share of it).
+    """
+    of = f" of {dataset['name']}" if dataset else ""
+    n = num_samples
+    if n is not None and split is not None and size is not None and n <= size:
+        if n == size:
+            return {"text": f"on all {n:,} images of the `{split}` split{of}", "split": split, "qualifier": None}
+        return {"text": f"on {n:,} of the {size:,} images of the `{split}` split{of} (a subset of the split, not all "
+                        "of it)", "split": split, "qualifier": f"{n:,} of {size:,} {split} images"}
+    if n is not None and split is not None:
+        return {"text": f"on {n:,} images of the `{split}` split{of} (the split's full size is not known here, so "
+                        "whether that is all of it is not recorded)",
+                "split": split, "qualifier": f"{n:,} {split} images"}
+    if n is not None:
+        return {"text": f"on {n:,} evaluation images{of} (which split was {NOT_RECORDED})", "split": None,
+                "qualifier": f"{n:,} evaluation images"}
+    if split is not None and assumed_split:
+        return {"text": f"on the `{split}` split{of}, the dataset's evaluation split (assumed: neither the split nor "
+                        "the number of images evaluated was recorded, so it may be a subset)", "split": split,
+                "qualifier": None}
+    if split is not None:
+        return {"text": f"on the `{split}` split{of} (the number of images evaluated was {NOT_RECORDED}, so it may be "
+                        "a subset)", "split": split, "qualifier": None}
+    return {"text": f"on the evaluation data{of} (the split and the number of images were {NOT_RECORDED})",
+            "split": None, "qualifier": None}

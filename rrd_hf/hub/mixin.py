@@ -10,7 +10,15 @@ from pathlib import Path
 
 from .card import build_model_card
 from .errors import HubPublishError
-from .record import RUN_INFO_NAME, hardware_description, runtime_from_logs, training_args_dict, write_training_args
+from .record import (
+    RUN_INFO_NAME,
+    evaluation_facts,
+    hardware_description,
+    loss_terms_record,
+    runtime_from_logs,
+    training_args_dict,
+    write_training_args,
+)
 from .upload import push_to_hub
 
 logger = logging.getLogger(__name__)
@@ -98,8 +106,29 @@ class HubMixin:
             "epoch": self.state.epoch,
             "train_runtime": runtime_from_logs(history),
             "summary": summarize_log_history(history),
+            **self._rrd_evaluation(),
+            **loss_terms_record(self.args),
             "training_args": training_args_dict(self.args),
         }
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
+        """Trainer's evaluation; also notes what was evaluated (images, split) for the run record and the card."""
+        if metric_key_prefix == "eval" and not isinstance(eval_dataset, str):  # eval_accuracy lands in the history
+            dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+            if not isinstance(dataset, dict):  # several sets log eval_<name>_accuracy, which the card does not use
+                facts = tuple(evaluation_facts(dataset).items())
+                self._rrd_evaluated = getattr(self, "_rrd_evaluated", set()) | {facts}
+        return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+
+    def _rrd_evaluation(self) -> dict:
+        """What the evaluations of this run measured; nothing (None) when they measured different sets."""
+        seen = getattr(self, "_rrd_evaluated", set())
+        if len(seen) == 1:
+            return dict(next(iter(seen)))
+        if seen:
+            return {"eval_num_samples": None, "eval_split": None, "eval_split_size": None}
+        dataset = self.eval_dataset  # not evaluated yet in this process: the set Trainer evaluates by default
+        return evaluation_facts(None if isinstance(dataset, dict) else dataset)
 
     def _rrd_write_run_info(self, output_dir: str, dataset: str | None = None) -> None:
         try:
@@ -124,10 +153,8 @@ class HubMixin:
             model_name=model_name,
             teacher=card_kwargs.pop("teacher", None) or info["teacher"],
             dataset=first(dataset_tags) or first(dataset) or info["dataset"],
-            training_args=info["training_args"],
+            run_record=info,
             log_history=list(self.state.log_history),
-            hardware=info["hardware"],
-            world_size=info["world_size"],
             base_model=finetuned_from,
             tags=self._rrd_tags(tags),
             language=language,

@@ -106,9 +106,35 @@ def read_training_args(folder: str) -> dict | None:
             "%s holds training_args.bin but no %s: rrd_hf never unpickles training_args.bin when publishing (a pickle "
             "can run arbitrary code), so the card lists the hyper-parameters as not recorded. To include them, re-save "
             "the run with rrd_hf (RRDTrainer writes %s with every save), or pass them: training_args= (a dict, "
-            "TrainingArguments or JSON file) to build_model_card / push_to_hub, or `rrd-hf push --training-args FILE.json`.",
+            "TrainingArguments or JSON file) to build_model_card / push_to_hub, or "
+            "`rrd-hf push --training-args FILE.json`.",
             folder, TRAINING_ARGS_NAME, TRAINING_ARGS_NAME)
     return None
+
+
+def evaluation_facts(dataset) -> dict:
+    """What an evaluation set says about itself: its number of images, its split name and that split's size as
+    loaded (`datasets.Dataset` keeps both through `select`, so a `max_eval_samples` subset is seen as one)."""
+    try:
+        num_samples = len(dataset) if dataset is not None else None
+    except TypeError:  # an iterable dataset has no length
+        num_samples = None
+    split = getattr(dataset, "split", None)
+    split = str(split) if split else None
+    splits = getattr(getattr(dataset, "info", None), "splits", None) or {}
+    size = getattr(splits.get(split), "num_examples", None) if split else None
+    return {"eval_num_samples": num_samples, "eval_split": split, "eval_split_size": size or None}
+
+
+def loss_terms_record(training_args) -> dict:
+    """`loss_terms` (list of dicts) and `ce_weight` of arguments that resolve the objective (`RRDConfig.loss_terms`);
+    empty for arguments that do not."""
+    terms = getattr(training_args, "loss_terms", None)
+    if terms is None:
+        return {}
+    fields = ("name", "method", "weight", "kwargs")
+    return json_safe({"ce_weight": getattr(training_args, "ce_weight", None),
+                      "loss_terms": [{key: getattr(term, key) for key in fields} for term in terms]})
 
 
 def runtime_from_logs(log_history: Iterable[dict] | None) -> float | None:

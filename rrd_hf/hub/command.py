@@ -23,7 +23,7 @@ def push_command(argv: list[str]) -> None:
     parser.add_argument("--private", action="store_true", default=None, help="create the repo private")
     parser.add_argument("--teacher", default=None, help="Hub id of the teacher (default: what the run recorded)")
     parser.add_argument("--dataset", default=None, help="training dataset: known name or Hub id (default: recorded)")
-    parser.add_argument("--eval-split", default=None, help="split the accuracies were measured on (default: the dataset's)")
+    parser.add_argument("--eval-split", default=None, help="split the accuracies were measured on (default: what the run recorded)")
     parser.add_argument("--kind", choices=sorted(TEMPLATE_NAMES), default="student", help="card template (default student)")
     parser.add_argument("--license", default="apache-2.0")
     parser.add_argument("--tag", action="append", default=None, help="extra card tag (repeatable)")

@@ -6,10 +6,12 @@
     rrd-hf push runs/r8x4 me/resnet8x4-rrd-cifar100 --teacher me/resnet32x4-cifar100
     rrd-hf push runs/r8x4 me/resnet8x4-rrd-cifar100 --export-dir /tmp/export   # offline: write the folder only
 
-One module per job: `record` (what a run wrote next to its weights, and reading it back), `objective` (the
-distillation terms and their names), `facts` (those facts as card text), `card` (`build_model_card`), `export`
-(the allow-list, staging, validation), `upload` (`push_to_hub` and the Hub's errors), `mixin` (`HubMixin` for the
-Trainer) and `command` (`rrd-hf push`). docs/publishing.md describes what goes up and what never does.
+One module per job: `record` (what a run wrote next to its weights, and reading it back as JSON), `objective`
+(the distillation terms and their names), `facts` (facts as card text, and what was evaluated), `hyperparameters`
+(the settings table and the schedule that ran), `card` (`build_model_card`), `custom_code` (a folder's `.py` files
+and when loading would run them), `export` (the allow-list, staging, validation), `upload` (`push_to_hub` and the
+Hub's errors), `mixin` (`HubMixin` for the Trainer) and `command` (`rrd-hf push`). docs/publishing.md describes
+what goes up, what never does, and what the card claims.
 """
 
 from .card import RRD_CITATION, build_model_card, template_path

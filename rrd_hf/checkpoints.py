@@ -118,11 +118,12 @@ def latest_complete_checkpoint(output_dir: str) -> str | None:
 
 
 def finished_outputs(output_dir: str) -> list[str]:
-    """What in `output_dir` a new run would overwrite or mix with: a saved model, results, checkpoints."""
+    """What in `output_dir` a new run would overwrite or mix with: a saved model, results, complete checkpoints
+    (half-written ones hold nothing to resume from, and a new run writes over them)."""
     if not os.path.isdir(output_dir):
         return []
     found = [name for name in _FINISHED_FILES if os.path.exists(os.path.join(output_dir, name))]
-    checkpoints = [os.path.basename(path) for _, path in list_checkpoints(output_dir)]
+    checkpoints = [os.path.basename(path) for _, path in list_checkpoints(output_dir) if is_complete(path)]
     if checkpoints:
         found.append(f"{len(checkpoints)} checkpoint folder(s) ({checkpoints[-1]}, ...)")
     return found

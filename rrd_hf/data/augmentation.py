@@ -52,15 +52,25 @@ def mix32(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 16)
 
 
+def mix32_int(x: int) -> int:
+    """`mix32` of one Python int, in Python arithmetic (the same function; tests check they agree)."""
+    x &= _MASK32
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & _MASK32
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & _MASK32
+    return x ^ (x >> 16)
+
+
 @functools.lru_cache(maxsize=64)
 def _key(seed: int, epoch: int) -> int:
-    """The 32-bit hash of (seed, epoch), computed on the CPU once per epoch (no device synchronisation)."""
-    state = torch.zeros((), dtype=torch.int64)
+    """The 32-bit hash of (seed, epoch), in Python integers once per epoch: no tensor, no device involved."""
+    state = 0
     for value in (int(seed), int(epoch)):
         value %= 2**64  # negative and large seeds are folded into 64 bits, then hashed as two 32-bit words
         for word in (value & _MASK32, value >> 32):
-            state = mix32(state ^ word)
-    return int(state)
+            state = mix32_int(state ^ word)
+    return state
 
 
 def augmentation_params(

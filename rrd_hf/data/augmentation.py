@@ -23,7 +23,7 @@ from typing import Sequence
 
 import torch
 
-__all__ = ["mix32", "augmentation_params", "SharedEpoch", "set_epoch"]
+__all__ = ["mix32", "mix32_int", "augmentation_params", "SharedEpoch", "set_epoch", "transform_of"]
 
 _MASK32 = 0xFFFFFFFF
 # Distinct constants separate the three draws made from one sample's hash (top, left, flip).
@@ -131,7 +131,7 @@ class SharedEpoch:
         return f"SharedEpoch({self.get()})"
 
 
-def _transform_of(dataset):
+def transform_of(dataset):
     """The per-sample transform a prepared ``datasets.Dataset`` runs (``with_transform``), if any."""
     format_ = getattr(dataset, "format", None)
     if isinstance(format_, dict):
@@ -152,7 +152,7 @@ def set_epoch(dataset, epoch: int) -> bool:
 
     if isinstance(dataset, datasets.DatasetDict):
         return any([set_epoch(split, epoch) for split in dataset.values()])
-    transform = _transform_of(dataset)
+    transform = transform_of(dataset)
     if transform is not None and callable(getattr(transform, "set_epoch", None)):
         transform.set_epoch(epoch)
         return True

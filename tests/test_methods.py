@@ -303,14 +303,43 @@ def test_ab_loss_matches_naive():
     assert approx(ab_loss(sources, targets, margin), expected)
 
 
-def test_ft_loss_matches_naive():
-    f_s, f_t = randn(2, 3, 2, 2, seed=36), randn(2, 3, 2, 2, seed=37)
-    expected = 0.0
-    for i in range(2):
-        s, t = f_s[i].flatten().tolist(), f_t[i].flatten().tolist()
-        ns, nt = math.sqrt(sum(v * v for v in s)), math.sqrt(sum(v * v for v in t))
-        expected += sum(abs(a / ns - b / nt) for a, b in zip(s, t))
-    assert approx(ft_loss(f_s, f_t), expected / f_s.numel())
+def naive_ft_factor(f, i, p1=2):
+    """RepDistiller `distiller_zoo/FT.py`, `FactorTransfer.factor(f) = F.normalize(f.pow(p1).mean(1).view(B, -1))`,
+    for sample i: for every position the mean over channels of f^p1, then the L2 norm over positions."""
+    c, h, w = f.shape[1:]
+    spatial = [sum(float(f[i, ch, y, x]) ** p1 for ch in range(c)) / c for y in range(h) for x in range(w)]
+    norm = math.sqrt(sum(v * v for v in spatial))
+    return [v / max(norm, 1e-12) for v in spatial]
+
+
+@pytest.mark.parametrize("t_size", [2, 4])
+def test_ft_loss_matches_the_benchmark_factor(t_size):
+    # FactorTransfer.factor_loss with p1 = 2, p2 = 1: pool the larger map to the smaller, then
+    # (factor(f_s) - factor(f_t)).abs().mean(), a mean over the B * H * W entries of the factors.
+    f_s, f_t = randn(2, 3, 4, 4, seed=36), randn(2, 3, t_size, t_size, seed=37)
+    pooled_s = avg_pool_naive(f_s, t_size, t_size) if t_size < 4 else f_s.double()
+    diffs = [abs(a - b) for i in range(2)
+             for a, b in zip(naive_ft_factor(pooled_s, i), naive_ft_factor(f_t.double(), i))]
+    expected = sum(diffs) / len(diffs)
+    assert len(diffs) == 2 * t_size * t_size
+    assert approx(ft_loss(f_s, f_t), expected)
+    squared = sum(d * d for d in diffs) / len(diffs)  # p2 = 2
+    assert approx(ft_loss(f_s, f_t, p2=2), squared)
+
+
+def test_ft_loss_is_not_the_normalised_flattened_map():
+    # The benchmark's factor keeps only the energy per position (channel mean of the square), so flipping the sign
+    # of the map or permuting its channels changes nothing. The definition rrd_hf used before, normalize(f.view(B,
+    # -1)) compared entry by entry, sees both: a test written from it must fail on ft_loss.
+    f_s = randn(2, 3, 2, 2, seed=36)
+
+    def old_definition(a, b):
+        a, b = a.double().flatten(1), b.double().flatten(1)
+        return float((a / a.norm(dim=1, keepdim=True) - b / b.norm(dim=1, keepdim=True)).abs().mean())
+
+    for f_t in (-f_s, f_s[:, [2, 0, 1]]):
+        assert float(ft_loss(f_s, f_t)) == pytest.approx(0.0, abs=1e-7)
+        assert old_definition(f_s, f_t) > 0.1
 
 
 # ------------------------------------------------------------------------------------------------ relations

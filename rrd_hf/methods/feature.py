@@ -9,7 +9,7 @@ does (it pools to `(H, H)`, assuming square maps; here `(H, W)`, identical for s
 * NST (Huang & Wang 2017): `nst_loss`, squared MMD with the polynomial kernel k(a, b) = (aᵀb)².
 * FSP (Yim et al. 2017): `fsp_matrix`, `fsp_loss`.
 * AB (Heo et al. 2019): `ab_criterion`, `ab_loss`, margin 1.0, on pre-ReLU maps.
-* FT (Kim et al. 2018): `factor`, `ft_loss`, L1 between L2-normalised factors.
+* FT (Kim et al. 2018): `factor`, `ft_loss`, L1 between the normalised spatial maps of the factors.
 """
 
 from __future__ import annotations
@@ -172,22 +172,27 @@ def ab_loss(sources: Sequence[torch.Tensor], targets: Sequence[torch.Tensor], ma
     return total
 
 
-def factor(f: torch.Tensor) -> torch.Tensor:
-    """FT's factor normalisation: the flattened map, L2-normalised per sample, float32."""
-    with float32_math(f):
-        return F.normalize(f.float().reshape(f.shape[0], -1), dim=1)
+def factor(f: torch.Tensor, p1: float = 2.0) -> torch.Tensor:
+    """FT's factor normalisation (RepDistiller `FactorTransfer.factor`): `normalize(mean_c(f^p1))`, flattened to
+    (B, H·W), float32.
+
+    The benchmark compares spatial maps, not the factors themselves: the channel mean of the squared factor (the
+    same map as AT's `attention_map`), L2-normalised per sample.
+    """
+    return attention_map(f, p1)
 
 
-def ft_loss(factor_s: torch.Tensor, factor_t: torch.Tensor, p: int = 1) -> torch.Tensor:
-    """Factor transfer: `mean |F(s) − F(t)|` (p = 1, the benchmark's setting) or `mean (F(s) − F(t))^p`.
+def ft_loss(factor_s: torch.Tensor, factor_t: torch.Tensor, p1: float = 2.0, p2: int = 1) -> torch.Tensor:
+    """Factor transfer as the benchmark computes it: `mean |F(s) − F(t)|` (p2 = 1) or `mean (F(s) − F(t))^p2`.
 
     `factor_s` is the translator's output, `factor_t` the paraphraser's encoding of the teacher map (both
-    (B, C, H, W) with equal channels; the larger is pooled), F = `factor`.
+    (B, C, H, W) with equal channels; the larger is pooled to the smaller first), F = `factor` with exponent p1;
+    the mean runs over the B·H·W entries of the normalised maps.
     """
     _check_maps("FT", factor_s, factor_t, same_channels=True)
     factor_s, factor_t = pool_to_common_size(factor_s, factor_t.detach())
-    diff = factor(factor_s) - factor(factor_t)
-    return diff.abs().mean() if p == 1 else diff.pow(p).mean()
+    diff = factor(factor_s, p1) - factor(factor_t, p1)
+    return diff.abs().mean() if p2 == 1 else diff.pow(p2).mean()
 
 
 # ------------------------------------------------------------------------------------------------ the methods

@@ -349,8 +349,13 @@ class FT(DistillationMethod):
     """Factor transfer on the last stage output `feat[-2]`, weight 200.
 
     Init stage (30 epochs): the paraphraser is trained alone to reconstruct the teacher map,
-    `MSE(decoder(encoder(f_t)), f_t)`; `forward` returns that loss during the stage. Main stage:
-    `L1(factor(translator(f_s)), factor(paraphraser(f_t)))` with the paraphraser frozen.
+    `MSE(decoder(encoder(f_t)), f_t)`, with the student untouched (eval mode); `forward` returns that loss during
+    the stage. Main stage: `L1(factor(translator(f_s)), factor(paraphraser(f_t)))` with the paraphraser frozen.
+
+    `init_learning_rate=None` trains the stage at the run's learning rate, as RepDistiller's `init()` does with
+    `opt.learning_rate` (0.05; 0.01 for MobileNetV2/ShuffleNet students). Its one exception is FT with a CIFAR
+    ResNet or WRN student (resnet8 ... resnet110, resnet8x4, resnet32x4, wrn_16_1 ... wrn_40_2), which `init()`
+    trains at 0.01: reproducing those pairs takes `init_learning_rate=0.01`.
     """
 
     name = "ft"
@@ -360,7 +365,7 @@ class FT(DistillationMethod):
     uses = "hidden_states[-2]"
 
     def __init__(self, context: MethodContext, k: float = 0.5, init_epochs: int = 30,
-                 init_learning_rate: float | None = 0.01):
+                 init_learning_rate: float | None = None):
         super().__init__(context)
         s_map, t_map = self.hidden(context.student, "student")[-2], self.hidden(context.teacher, "teacher")[-2]
         if s_map.dim() != 4 or t_map.dim() != 4:

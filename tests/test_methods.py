@@ -20,7 +20,7 @@ from rrd_hf.methods import (
 )
 from rrd_hf.methods.crd import crd_loss
 from rrd_hf.methods.memory import momentum_update as crd_memory_update
-from rrd_hf.methods.feature import ab_loss, at_loss, fsp_loss, ft_loss, hint_loss, nst_loss
+from rrd_hf.methods.feature import ab_loss, at_loss, fsp_loss, ft_loss, hint_loss, nst_loss, pool_to_common_size
 from rrd_hf.methods.heads import ConvReg
 from rrd_hf.methods.logit import (
     dkd_loss,
@@ -224,6 +224,36 @@ def test_convreg_maps_student_to_teacher_shape(s_shape, t_shape):
 def test_convreg_rejects_unsupported_shapes():
     with pytest.raises(ValueError, match="hint layer"):
         ConvReg((2, 4, 3, 3), (2, 6, 8, 8))
+
+
+@pytest.mark.parametrize(
+    "s_shape,t_shape,kernel",
+    [((2, 3, 8, 8), (2, 5, 4, 4), "integer"), ((2, 3, 4, 4), (2, 5, 8, 8), "integer"),
+     ((2, 3, 8, 4), (2, 5, 2, 2), "integer"), ((2, 3, 6, 6), (2, 5, 4, 4), "adaptive"),
+     ((2, 3, 4, 4), (2, 5, 4, 4), None)],
+)
+def test_pooling_uses_an_integer_kernel_when_the_sizes_divide(s_shape, t_shape, kernel):
+    # On CUDA, adaptive_avg_pool2d's backward raises under torch.use_deterministic_algorithms(True) (its docstring);
+    # avg_pool2d's does not. Which op ran is read from the autograd graph; the values are adaptive pooling's
+    # (RepDistiller's F.adaptive_avg_pool2d), within rounding.
+    f_s, f_t = randn(*s_shape, seed=20).requires_grad_(), randn(*t_shape, seed=21).requires_grad_()
+    p_s, p_t = pool_to_common_size(f_s, f_t)
+    size = tuple(min(a, b) for a, b in zip(s_shape[2:], t_shape[2:]))
+    assert p_s.shape[2:] == p_t.shape[2:] == size
+    pooled = p_s if s_shape[2] > t_shape[2] else p_t
+    original = f_s if s_shape[2] > t_shape[2] else f_t
+    if kernel is None:
+        assert p_s is f_s and p_t is f_t
+        return
+    expected_op = "AvgPool2DBackward" if kernel == "integer" else "AdaptiveAvgPool2DBackward"
+    assert type(pooled.grad_fn).__name__.startswith(expected_op)
+    reference = F.adaptive_avg_pool2d(original, size)
+    torch.testing.assert_close(pooled, reference, rtol=1e-6, atol=1e-7)
+    (grad,) = torch.autograd.grad(pooled.square().sum(), original)
+    (reference_grad,) = torch.autograd.grad(reference.square().sum(), original)
+    torch.testing.assert_close(grad, reference_grad, rtol=1e-6, atol=1e-7)
+    if kernel == "integer":  # and against the naive window mean
+        torch.testing.assert_close(pooled.double(), avg_pool_naive(original.detach(), *size), rtol=1e-6, atol=1e-7)
 
 
 def naive_attention(f):

@@ -35,6 +35,7 @@ __all__ = [
     "StagePairs",
     "freeze",
     "pool_to_common_size",
+    "average_pool",
     "hint_loss",
     "attention_map",
     "at_loss",
@@ -58,13 +59,26 @@ def _check_maps(name: str, f_s: torch.Tensor, f_t: torch.Tensor, same_channels: 
         raise ValueError(f"{name} needs equal channel counts, got student {f_s.shape[1]} and teacher {f_t.shape[1]}.")
 
 
+def average_pool(f: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Average-pool `f` (B, C, H, W) to `size` (h, w).
+
+    When the sizes divide, an integer-kernel `avg_pool2d` (the same windows and values as adaptive pooling): its
+    CUDA backward is deterministic, while `adaptive_avg_pool2d`'s raises under `torch.use_deterministic_algorithms`
+    (`full_determinism=True`). Sizes that do not divide (no benchmark pair has them) keep adaptive pooling.
+    """
+    (h, w), (out_h, out_w) = f.shape[2:], tuple(size)
+    if h % out_h == 0 and w % out_w == 0:
+        return F.avg_pool2d(f, kernel_size=(h // out_h, w // out_w))
+    return F.adaptive_avg_pool2d(f, (out_h, out_w))
+
+
 def pool_to_common_size(f_s: torch.Tensor, f_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Average-pool the spatially larger of two maps to the other's size (RepDistiller's dimension matching)."""
     s_h, t_h = f_s.shape[2], f_t.shape[2]
     if s_h > t_h:
-        f_s = F.adaptive_avg_pool2d(f_s, f_t.shape[2:])
+        f_s = average_pool(f_s, f_t.shape[2:])
     elif s_h < t_h:
-        f_t = F.adaptive_avg_pool2d(f_t, f_s.shape[2:])
+        f_t = average_pool(f_t, f_s.shape[2:])
     return f_s, f_t
 
 

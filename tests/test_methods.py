@@ -840,6 +840,49 @@ def test_dkd_module_applies_the_warmup(zoo):
         method(s, t)
 
 
+def _on_meta(activations: Activations, requires_grad: bool) -> Activations:
+    def move(t):
+        return t.detach().to("meta").requires_grad_(requires_grad)
+
+    return Activations(move(activations.logits), move(activations.features),
+                       tuple(move(h) for h in activations.hidden_states))
+
+
+@pytest.mark.filterwarnings("ignore:.*stage maps")
+@pytest.mark.parametrize("name", ALL_NAMES)
+def test_training_steps_read_nothing_back_from_the_device(zoo, name, monkeypatch):
+    """The meta device stands in for an accelerator: it holds no values, so `.item()`, `bool()`, `int()`, `.tolist()`,
+    copies to the host and ops whose output size depends on the data (boolean masks, `nonzero`, `masked_select`,
+    `unique`) all raise on it. Two training steps of every method, forward and backward, must run there.
+
+    Two stand-ins, neither a host read: autocast has no meta backend (`float32_math` becomes a no-op), and a
+    random generator cannot live on meta (CRD draws its negatives from the default one)."""
+    import contextlib
+    import sys
+
+    for module_name, module in list(sys.modules.items()):
+        if module_name.startswith("rrd_hf.methods") and hasattr(module, "float32_math"):
+            monkeypatch.setattr(module, "float32_math", lambda tensor: contextlib.nullcontext())
+    monkeypatch.setattr(CRDMemory, "_generator", lambda self, process_index: None)
+    cls = METHODS[name]
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    student = _outputs(zoo["resnet8"].eval(), x, cls.needs_preact, grad=False)
+    teacher = _outputs(zoo["resnet32"].eval(), x, cls.needs_preact, grad=False)
+    context = MethodContext(student, teacher, num_samples=50, dataset_labels=torch.arange(50) % 10, epoch=1)
+    method = build_method(name, context).to("meta").train()  # construction-time checks ran on CPU values
+    index, labels = torch.tensor([4, 17, 0, 49], device="meta"), torch.tensor([3, 9, 0, 3], device="meta")
+    for _ in range(2):  # the first step sets CRD's normalisers; the second is the steady state
+        s_meta = _on_meta(student, requires_grad=True)
+        loss = method(s_meta, _on_meta(teacher, requires_grad=False), index=index, labels=labels)
+        assert loss.device.type == "meta" and loss.dim() == 0
+        loss.backward()
+        assert any(t.grad is not None for t in (s_meta.logits, s_meta.features, *s_meta.hidden_states))
+    if method.init_stage is not None:
+        method.begin_init_stage()
+        method(_on_meta(student, True), _on_meta(teacher, False), index=index, labels=labels).backward()
+        method.end_init_stage()
+
+
 @pytest.mark.parametrize("name,kwargs", [("ab", {}), ("ft", {}), ("fsp", {}), ("fitnet", {"init_epochs": 2})])
 def test_init_stage_trains_exactly_the_listed_parameters(zoo, name, kwargs):
     cls = METHODS[name]

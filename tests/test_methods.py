@@ -491,6 +491,30 @@ def test_crd_loss_matches_naive():
     assert approx(value, naive_crd(z_s, z_t, bank_s, bank_t, idx, 2.5, 3.5, 0.07, n))
 
 
+def test_crd_gradient_counts_repeated_negatives_as_the_reference_does():
+    # RepDistiller ContrastMemory gathers bank rows (index_select -> (B, K + 1, D)) and takes bmm with the
+    # embedding, so a negative drawn twice contributes twice, with no scatter. crd_scores gathers columns of
+    # z @ bank^T instead; its backward accumulates repeated columns (a scatter-add). Same gradient, duplicates included.
+    n, d = 9, 4
+    z_s = F.normalize(randn(3, d, seed=66), dim=1).requires_grad_()
+    z_t = F.normalize(randn(3, d, seed=67), dim=1).requires_grad_()
+    bank_s, bank_t = F.normalize(randn(n, d, seed=68), dim=1), F.normalize(randn(n, d, seed=69), dim=1)
+    idx = torch.tensor([[0, 3, 3, 3, 7], [4, 1, 1, 8, 8], [2, 5, 6, 5, 5]])  # repeated negatives in every row
+    crd_loss(z_s, z_t, bank_s, bank_t, idx, 2.5, 3.5, 0.07).backward()
+
+    def reference_nce(z, bank, norm):
+        rows = bank.index_select(0, idx.reshape(-1)).view(3, 5, d)
+        out = torch.exp(torch.bmm(rows, z.view(3, d, 1)).squeeze(2) / 0.07) / norm
+        noise = 4 / n
+        return -(torch.log(out[:, 0] / (out[:, 0] + noise + 1e-7)).sum()
+                 + torch.log(noise / (out[:, 1:] + noise + 1e-7)).sum()) / 3
+
+    ref_s, ref_t = z_s.detach().double().requires_grad_(), z_t.detach().double().requires_grad_()
+    (reference_nce(ref_s, bank_t.double(), 2.5) + reference_nce(ref_t, bank_s.double(), 3.5)).backward()
+    torch.testing.assert_close(z_s.grad, ref_s.grad.float(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(z_t.grad, ref_t.grad.float(), rtol=1e-5, atol=1e-6)
+
+
 def test_crd_memory_update_rule():
     memory = randn(6, 3, seed=64)
     keys = randn(4, 3, seed=65)
@@ -540,6 +564,7 @@ def test_crd_other_class_negatives_exclude_the_own_class():
         negatives = row[1:]
         assert all(labels[j] != labels[i] for j in negatives)
         assert len(set(negatives)) == len(negatives)  # without replacement
+        assert len(set(row)) == len(row)  # no repeated bank row at all: the score gather's backward has no collision
     wide = CRDMemory(60, 8, num_negatives=50, seed=1, labels=labels)  # K > 45: with replacement, as the reference
     draw = wide.sample_indices(index)
     assert all(labels[j] != labels[i] for row, i in zip(draw.tolist(), index.tolist()) for j in row[1:])

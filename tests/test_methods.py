@@ -20,7 +20,7 @@ from rrd_hf.methods import (
 )
 from rrd_hf.methods.crd import crd_loss
 from rrd_hf.methods.memory import momentum_update as crd_memory_update
-from rrd_hf.methods.feature import ab_loss, at_loss, fsp_loss, ft_loss, hint_loss, nst_loss
+from rrd_hf.methods.feature import ab_loss, at_loss, fsp_loss, ft_loss, hint_loss, nst_loss, pool_to_common_size
 from rrd_hf.methods.heads import ConvReg
 from rrd_hf.methods.logit import (
     dkd_loss,
@@ -226,6 +226,36 @@ def test_convreg_rejects_unsupported_shapes():
         ConvReg((2, 4, 3, 3), (2, 6, 8, 8))
 
 
+@pytest.mark.parametrize(
+    "s_shape,t_shape,kernel",
+    [((2, 3, 8, 8), (2, 5, 4, 4), "integer"), ((2, 3, 4, 4), (2, 5, 8, 8), "integer"),
+     ((2, 3, 8, 4), (2, 5, 2, 2), "integer"), ((2, 3, 6, 6), (2, 5, 4, 4), "adaptive"),
+     ((2, 3, 4, 4), (2, 5, 4, 4), None)],
+)
+def test_pooling_uses_an_integer_kernel_when_the_sizes_divide(s_shape, t_shape, kernel):
+    # On CUDA, adaptive_avg_pool2d's backward raises under torch.use_deterministic_algorithms(True) (its docstring);
+    # avg_pool2d's does not. Which op ran is read from the autograd graph; the values are adaptive pooling's
+    # (RepDistiller's F.adaptive_avg_pool2d), within rounding.
+    f_s, f_t = randn(*s_shape, seed=20).requires_grad_(), randn(*t_shape, seed=21).requires_grad_()
+    p_s, p_t = pool_to_common_size(f_s, f_t)
+    size = tuple(min(a, b) for a, b in zip(s_shape[2:], t_shape[2:]))
+    assert p_s.shape[2:] == p_t.shape[2:] == size
+    pooled = p_s if s_shape[2] > t_shape[2] else p_t
+    original = f_s if s_shape[2] > t_shape[2] else f_t
+    if kernel is None:
+        assert p_s is f_s and p_t is f_t
+        return
+    expected_op = "AvgPool2DBackward" if kernel == "integer" else "AdaptiveAvgPool2DBackward"
+    assert type(pooled.grad_fn).__name__.startswith(expected_op)
+    reference = F.adaptive_avg_pool2d(original, size)
+    torch.testing.assert_close(pooled, reference, rtol=1e-6, atol=1e-7)
+    (grad,) = torch.autograd.grad(pooled.square().sum(), original)
+    (reference_grad,) = torch.autograd.grad(reference.square().sum(), original)
+    torch.testing.assert_close(grad, reference_grad, rtol=1e-6, atol=1e-7)
+    if kernel == "integer":  # and against the naive window mean
+        torch.testing.assert_close(pooled.double(), avg_pool_naive(original.detach(), *size), rtol=1e-6, atol=1e-7)
+
+
 def naive_attention(f):
     b, c, h, w = f.shape
     maps = []
@@ -303,14 +333,43 @@ def test_ab_loss_matches_naive():
     assert approx(ab_loss(sources, targets, margin), expected)
 
 
-def test_ft_loss_matches_naive():
-    f_s, f_t = randn(2, 3, 2, 2, seed=36), randn(2, 3, 2, 2, seed=37)
-    expected = 0.0
-    for i in range(2):
-        s, t = f_s[i].flatten().tolist(), f_t[i].flatten().tolist()
-        ns, nt = math.sqrt(sum(v * v for v in s)), math.sqrt(sum(v * v for v in t))
-        expected += sum(abs(a / ns - b / nt) for a, b in zip(s, t))
-    assert approx(ft_loss(f_s, f_t), expected / f_s.numel())
+def naive_ft_factor(f, i, p1=2):
+    """RepDistiller `distiller_zoo/FT.py`, `FactorTransfer.factor(f) = F.normalize(f.pow(p1).mean(1).view(B, -1))`,
+    for sample i: for every position the mean over channels of f^p1, then the L2 norm over positions."""
+    c, h, w = f.shape[1:]
+    spatial = [sum(float(f[i, ch, y, x]) ** p1 for ch in range(c)) / c for y in range(h) for x in range(w)]
+    norm = math.sqrt(sum(v * v for v in spatial))
+    return [v / max(norm, 1e-12) for v in spatial]
+
+
+@pytest.mark.parametrize("t_size", [2, 4])
+def test_ft_loss_matches_the_benchmark_factor(t_size):
+    # FactorTransfer.factor_loss with p1 = 2, p2 = 1: pool the larger map to the smaller, then
+    # (factor(f_s) - factor(f_t)).abs().mean(), a mean over the B * H * W entries of the factors.
+    f_s, f_t = randn(2, 3, 4, 4, seed=36), randn(2, 3, t_size, t_size, seed=37)
+    pooled_s = avg_pool_naive(f_s, t_size, t_size) if t_size < 4 else f_s.double()
+    diffs = [abs(a - b) for i in range(2)
+             for a, b in zip(naive_ft_factor(pooled_s, i), naive_ft_factor(f_t.double(), i))]
+    expected = sum(diffs) / len(diffs)
+    assert len(diffs) == 2 * t_size * t_size
+    assert approx(ft_loss(f_s, f_t), expected)
+    squared = sum(d * d for d in diffs) / len(diffs)  # p2 = 2
+    assert approx(ft_loss(f_s, f_t, p2=2), squared)
+
+
+def test_ft_loss_is_not_the_normalised_flattened_map():
+    # The benchmark's factor keeps only the energy per position (channel mean of the square), so flipping the sign
+    # of the map or permuting its channels changes nothing. The definition rrd_hf used before, normalize(f.view(B,
+    # -1)) compared entry by entry, sees both: a test written from it must fail on ft_loss.
+    f_s = randn(2, 3, 2, 2, seed=36)
+
+    def old_definition(a, b):
+        a, b = a.double().flatten(1), b.double().flatten(1)
+        return float((a / a.norm(dim=1, keepdim=True) - b / b.norm(dim=1, keepdim=True)).abs().mean())
+
+    for f_t in (-f_s, f_s[:, [2, 0, 1]]):
+        assert float(ft_loss(f_s, f_t)) == pytest.approx(0.0, abs=1e-7)
+        assert old_definition(f_s, f_t) > 0.1
 
 
 # ------------------------------------------------------------------------------------------------ relations
@@ -432,6 +491,30 @@ def test_crd_loss_matches_naive():
     assert approx(value, naive_crd(z_s, z_t, bank_s, bank_t, idx, 2.5, 3.5, 0.07, n))
 
 
+def test_crd_gradient_counts_repeated_negatives_as_the_reference_does():
+    # RepDistiller ContrastMemory gathers bank rows (index_select -> (B, K + 1, D)) and takes bmm with the
+    # embedding, so a negative drawn twice contributes twice, with no scatter. crd_scores gathers columns of
+    # z @ bank^T instead; its backward accumulates repeated columns (a scatter-add). Same gradient, duplicates included.
+    n, d = 9, 4
+    z_s = F.normalize(randn(3, d, seed=66), dim=1).requires_grad_()
+    z_t = F.normalize(randn(3, d, seed=67), dim=1).requires_grad_()
+    bank_s, bank_t = F.normalize(randn(n, d, seed=68), dim=1), F.normalize(randn(n, d, seed=69), dim=1)
+    idx = torch.tensor([[0, 3, 3, 3, 7], [4, 1, 1, 8, 8], [2, 5, 6, 5, 5]])  # repeated negatives in every row
+    crd_loss(z_s, z_t, bank_s, bank_t, idx, 2.5, 3.5, 0.07).backward()
+
+    def reference_nce(z, bank, norm):
+        rows = bank.index_select(0, idx.reshape(-1)).view(3, 5, d)
+        out = torch.exp(torch.bmm(rows, z.view(3, d, 1)).squeeze(2) / 0.07) / norm
+        noise = 4 / n
+        return -(torch.log(out[:, 0] / (out[:, 0] + noise + 1e-7)).sum()
+                 + torch.log(noise / (out[:, 1:] + noise + 1e-7)).sum()) / 3
+
+    ref_s, ref_t = z_s.detach().double().requires_grad_(), z_t.detach().double().requires_grad_()
+    (reference_nce(ref_s, bank_t.double(), 2.5) + reference_nce(ref_t, bank_s.double(), 3.5)).backward()
+    torch.testing.assert_close(z_s.grad, ref_s.grad.float(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(z_t.grad, ref_t.grad.float(), rtol=1e-5, atol=1e-6)
+
+
 def test_crd_memory_update_rule():
     memory = randn(6, 3, seed=64)
     keys = randn(4, 3, seed=65)
@@ -481,6 +564,7 @@ def test_crd_other_class_negatives_exclude_the_own_class():
         negatives = row[1:]
         assert all(labels[j] != labels[i] for j in negatives)
         assert len(set(negatives)) == len(negatives)  # without replacement
+        assert len(set(row)) == len(row)  # no repeated bank row at all: the score gather's backward has no collision
     wide = CRDMemory(60, 8, num_negatives=50, seed=1, labels=labels)  # K > 45: with replacement, as the reference
     draw = wide.sample_indices(index)
     assert all(labels[j] != labels[i] for row, i in zip(draw.tolist(), index.tolist()) for j in row[1:])
@@ -779,6 +863,49 @@ def test_dkd_module_applies_the_warmup(zoo):
     assert float(method(s, t, labels=labels)) == pytest.approx(full * 5 / 20, rel=1e-6)
     with pytest.raises(ValueError, match="labels"):
         method(s, t)
+
+
+def _on_meta(activations: Activations, requires_grad: bool) -> Activations:
+    def move(t):
+        return t.detach().to("meta").requires_grad_(requires_grad)
+
+    return Activations(move(activations.logits), move(activations.features),
+                       tuple(move(h) for h in activations.hidden_states))
+
+
+@pytest.mark.filterwarnings("ignore:.*stage maps")
+@pytest.mark.parametrize("name", ALL_NAMES)
+def test_training_steps_read_nothing_back_from_the_device(zoo, name, monkeypatch):
+    """The meta device stands in for an accelerator: it holds no values, so `.item()`, `bool()`, `int()`, `.tolist()`,
+    copies to the host and ops whose output size depends on the data (boolean masks, `nonzero`, `masked_select`,
+    `unique`) all raise on it. Two training steps of every method, forward and backward, must run there.
+
+    Two stand-ins, neither a host read: autocast has no meta backend (`float32_math` becomes a no-op), and a
+    random generator cannot live on meta (CRD draws its negatives from the default one)."""
+    import contextlib
+    import sys
+
+    for module_name, module in list(sys.modules.items()):
+        if module_name.startswith("rrd_hf.methods") and hasattr(module, "float32_math"):
+            monkeypatch.setattr(module, "float32_math", lambda tensor: contextlib.nullcontext())
+    monkeypatch.setattr(CRDMemory, "_generator", lambda self, process_index: None)
+    cls = METHODS[name]
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    student = _outputs(zoo["resnet8"].eval(), x, cls.needs_preact, grad=False)
+    teacher = _outputs(zoo["resnet32"].eval(), x, cls.needs_preact, grad=False)
+    context = MethodContext(student, teacher, num_samples=50, dataset_labels=torch.arange(50) % 10, epoch=1)
+    method = build_method(name, context).to("meta").train()  # construction-time checks ran on CPU values
+    index, labels = torch.tensor([4, 17, 0, 49], device="meta"), torch.tensor([3, 9, 0, 3], device="meta")
+    for _ in range(2):  # the first step sets CRD's normalisers; the second is the steady state
+        s_meta = _on_meta(student, requires_grad=True)
+        loss = method(s_meta, _on_meta(teacher, requires_grad=False), index=index, labels=labels)
+        assert loss.device.type == "meta" and loss.dim() == 0
+        loss.backward()
+        assert any(t.grad is not None for t in (s_meta.logits, s_meta.features, *s_meta.hidden_states))
+    if method.init_stage is not None:
+        method.begin_init_stage()
+        method(_on_meta(student, True), _on_meta(teacher, False), index=index, labels=labels).backward()
+        method.end_init_stage()
 
 
 @pytest.mark.parametrize("name,kwargs", [("ab", {}), ("ft", {}), ("fsp", {}), ("fitnet", {"init_epochs": 2})])

@@ -14,7 +14,16 @@ Formulation (RepDistiller):
   momentum m = 0.5 (student bank with z_s, teacher bank with z_t).
 
 The scores are computed as `z @ bankᵀ` followed by a gather of the K + 1 sampled columns, not by materialising
-`B × (K + 1) × 128` bank rows as the reference does: same values, far less memory traffic.
+`B × (K + 1) × 128` bank rows as the reference does: same values and gradient, far less memory traffic.
+
+Determinism on CUDA: the gather's backward adds each score's gradient into a `(B, N)` tensor (a scatter-add). With
+`negatives="other_class"` (the benchmark's CIFAR setting) a row never names a bank row twice while K is below the
+size of the other classes, so every addition lands on its own zero and the result does not depend on their order.
+Uniform negatives are drawn with replacement (about 2,400 of K = 16384 draws per row repeat one, N = 50000): on
+CUDA the repeated additions are atomic, in no fixed order, so the gradient can differ in its last bits from run
+to run. `full_determinism=True` (`torch.use_deterministic_algorithms(True)`) makes both `torch.gather`'s backward
+and `scatter_add_` deterministic on CUDA (PyTorch's documentation of that function); without it no run is bitwise
+reproducible on CUDA anyway (cuDNN's convolution backward is not), so the gradient is not restructured.
 """
 
 from __future__ import annotations

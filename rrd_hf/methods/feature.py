@@ -9,7 +9,7 @@ does (it pools to `(H, H)`, assuming square maps; here `(H, W)`, identical for s
 * NST (Huang & Wang 2017): `nst_loss`, squared MMD with the polynomial kernel k(a, b) = (aᵀb)².
 * FSP (Yim et al. 2017): `fsp_matrix`, `fsp_loss`.
 * AB (Heo et al. 2019): `ab_criterion`, `ab_loss`, margin 1.0, on pre-ReLU maps.
-* FT (Kim et al. 2018): `factor`, `ft_loss`, L1 between L2-normalised factors.
+* FT (Kim et al. 2018): `factor`, `ft_loss`, L1 between the normalised spatial maps of the factors.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ __all__ = [
     "StagePairs",
     "freeze",
     "pool_to_common_size",
+    "average_pool",
     "hint_loss",
     "attention_map",
     "at_loss",
@@ -58,13 +59,26 @@ def _check_maps(name: str, f_s: torch.Tensor, f_t: torch.Tensor, same_channels: 
         raise ValueError(f"{name} needs equal channel counts, got student {f_s.shape[1]} and teacher {f_t.shape[1]}.")
 
 
+def average_pool(f: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Average-pool `f` (B, C, H, W) to `size` (h, w).
+
+    When the sizes divide, an integer-kernel `avg_pool2d` (the same windows and values as adaptive pooling): its
+    CUDA backward is deterministic, while `adaptive_avg_pool2d`'s raises under `torch.use_deterministic_algorithms`
+    (`full_determinism=True`). Sizes that do not divide (no benchmark pair has them) keep adaptive pooling.
+    """
+    (h, w), (out_h, out_w) = f.shape[2:], tuple(size)
+    if h % out_h == 0 and w % out_w == 0:
+        return F.avg_pool2d(f, kernel_size=(h // out_h, w // out_w))
+    return F.adaptive_avg_pool2d(f, (out_h, out_w))
+
+
 def pool_to_common_size(f_s: torch.Tensor, f_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Average-pool the spatially larger of two maps to the other's size (RepDistiller's dimension matching)."""
     s_h, t_h = f_s.shape[2], f_t.shape[2]
     if s_h > t_h:
-        f_s = F.adaptive_avg_pool2d(f_s, f_t.shape[2:])
+        f_s = average_pool(f_s, f_t.shape[2:])
     elif s_h < t_h:
-        f_t = F.adaptive_avg_pool2d(f_t, f_s.shape[2:])
+        f_t = average_pool(f_t, f_s.shape[2:])
     return f_s, f_t
 
 
@@ -172,22 +186,27 @@ def ab_loss(sources: Sequence[torch.Tensor], targets: Sequence[torch.Tensor], ma
     return total
 
 
-def factor(f: torch.Tensor) -> torch.Tensor:
-    """FT's factor normalisation: the flattened map, L2-normalised per sample, float32."""
-    with float32_math(f):
-        return F.normalize(f.float().reshape(f.shape[0], -1), dim=1)
+def factor(f: torch.Tensor, p1: float = 2.0) -> torch.Tensor:
+    """FT's factor normalisation (RepDistiller `FactorTransfer.factor`): `normalize(mean_c(f^p1))`, flattened to
+    (B, H·W), float32.
+
+    The benchmark compares spatial maps, not the factors themselves: the channel mean of the squared factor (the
+    same map as AT's `attention_map`), L2-normalised per sample.
+    """
+    return attention_map(f, p1)
 
 
-def ft_loss(factor_s: torch.Tensor, factor_t: torch.Tensor, p: int = 1) -> torch.Tensor:
-    """Factor transfer: `mean |F(s) − F(t)|` (p = 1, the benchmark's setting) or `mean (F(s) − F(t))^p`.
+def ft_loss(factor_s: torch.Tensor, factor_t: torch.Tensor, p1: float = 2.0, p2: int = 1) -> torch.Tensor:
+    """Factor transfer as the benchmark computes it: `mean |F(s) − F(t)|` (p2 = 1) or `mean (F(s) − F(t))^p2`.
 
     `factor_s` is the translator's output, `factor_t` the paraphraser's encoding of the teacher map (both
-    (B, C, H, W) with equal channels; the larger is pooled), F = `factor`.
+    (B, C, H, W) with equal channels; the larger is pooled to the smaller first), F = `factor` with exponent p1;
+    the mean runs over the B·H·W entries of the normalised maps.
     """
     _check_maps("FT", factor_s, factor_t, same_channels=True)
     factor_s, factor_t = pool_to_common_size(factor_s, factor_t.detach())
-    diff = factor(factor_s) - factor(factor_t)
-    return diff.abs().mean() if p == 1 else diff.pow(p).mean()
+    diff = factor(factor_s, p1) - factor(factor_t, p1)
+    return diff.abs().mean() if p2 == 1 else diff.pow(p2).mean()
 
 
 # ------------------------------------------------------------------------------------------------ the methods
@@ -344,8 +363,13 @@ class FT(DistillationMethod):
     """Factor transfer on the last stage output `feat[-2]`, weight 200.
 
     Init stage (30 epochs): the paraphraser is trained alone to reconstruct the teacher map,
-    `MSE(decoder(encoder(f_t)), f_t)`; `forward` returns that loss during the stage. Main stage:
-    `L1(factor(translator(f_s)), factor(paraphraser(f_t)))` with the paraphraser frozen.
+    `MSE(decoder(encoder(f_t)), f_t)`, with the student untouched (eval mode); `forward` returns that loss during
+    the stage. Main stage: `L1(factor(translator(f_s)), factor(paraphraser(f_t)))` with the paraphraser frozen.
+
+    `init_learning_rate=None` trains the stage at the run's learning rate, as RepDistiller's `init()` does with
+    `opt.learning_rate` (0.05; 0.01 for MobileNetV2/ShuffleNet students). Its one exception is FT with a CIFAR
+    ResNet or WRN student (resnet8 ... resnet110, resnet8x4, resnet32x4, wrn_16_1 ... wrn_40_2), which `init()`
+    trains at 0.01: reproducing those pairs takes `init_learning_rate=0.01`.
     """
 
     name = "ft"
@@ -355,7 +379,7 @@ class FT(DistillationMethod):
     uses = "hidden_states[-2]"
 
     def __init__(self, context: MethodContext, k: float = 0.5, init_epochs: int = 30,
-                 init_learning_rate: float | None = 0.01):
+                 init_learning_rate: float | None = None):
         super().__init__(context)
         s_map, t_map = self.hidden(context.student, "student")[-2], self.hidden(context.teacher, "teacher")[-2]
         if s_map.dim() != 4 or t_map.dim() != 4:

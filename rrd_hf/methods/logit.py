@@ -73,11 +73,18 @@ def kd_ls_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tempe
     return kd_loss(standardize_logits(student_logits), standardize_logits(teacher_logits.detach()), temperature)
 
 
-def _binary_log_probs(log_probs: torch.Tensor, target_mask: torch.Tensor) -> torch.Tensor:
+def _binary_log_probs(log_probs: torch.Tensor, labels: torch.Tensor, target_mask: torch.Tensor) -> torch.Tensor:
     """(B, 2) log of [p_target, 1 − p_target] from full log-probabilities, without leaving log space."""
-    log_target = log_probs.masked_select(target_mask).view(-1, 1)
+    log_target = log_probs.gather(1, labels.unsqueeze(1))
     log_other = log_probs.masked_fill(target_mask, float("-inf")).logsumexp(dim=1, keepdim=True)
     return torch.cat([log_target, log_other], dim=1)
+
+
+def _other_classes(labels: torch.Tensor, classes: int) -> torch.Tensor:
+    """(B, classes − 1) the class ids other than each row's label, ascending. Gathering them needs no host sync,
+    unlike a boolean-mask selection, whose output size the host must read."""
+    others = torch.arange(classes - 1, device=labels.device).unsqueeze(0)
+    return others + (others >= labels.unsqueeze(1)).long()
 
 
 def dkd_terms(
@@ -107,16 +114,16 @@ def dkd_terms(
         s, t = student_logits.float(), teacher_logits.detach().float()
         if logit_standardization:
             s, t = standardize_logits(s), standardize_logits(t)
-        target_mask = F.one_hot(labels.long().to(s.device), classes).bool()
+        labels = labels.long().to(s.device)
+        target_mask = F.one_hot(labels, classes).bool()
         log_p_s = F.log_softmax(s / temperature, dim=1)
         log_p_t = F.log_softmax(t / temperature, dim=1)
         tckd = F.kl_div(
-            _binary_log_probs(log_p_s, target_mask), _binary_log_probs(log_p_t, target_mask),
+            _binary_log_probs(log_p_s, labels, target_mask), _binary_log_probs(log_p_t, labels, target_mask),
             reduction="sum", log_target=True,
         )
-        others = ~target_mask
-        s_other = s.masked_select(others).view(batch, classes - 1)
-        t_other = t.masked_select(others).view(batch, classes - 1)
+        others = _other_classes(labels, classes)
+        s_other, t_other = s.gather(1, others), t.gather(1, others)
         nckd = F.kl_div(
             F.log_softmax(s_other / temperature, dim=1), F.log_softmax(t_other / temperature, dim=1),
             reduction="sum", log_target=True,

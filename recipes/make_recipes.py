@@ -229,6 +229,21 @@ def baseline(key: str, weight: float, **extra: tuple[object, str]) -> Callable[[
 REPD_KEYS = {"ab": "abound", "ft": "factor", "fitnet": "hint", "at": "attention", "cc": "correlation", "sp": "similarity"}
 INIT_30 = (30, f"{REPD} --init_epochs 30")
 
+#: Students whose FT init stage RepDistiller's helper/pretrain.py::init() runs at lr 0.01 (recalled); every other
+#: student's at the run's learning rate (the rrd_hf default, init_learning_rate None).
+FT_INIT_LR_0_01 = {"resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet8x4",
+                   "resnet32x4", "wrn_16_1", "wrn_16_2", "wrn_40_1", "wrn_40_2"}
+
+
+def ft_lines(pair: Pair) -> list[Line]:
+    lines = baseline("ft", 200.0, init_epochs=INIT_30)(pair)
+    if pair[1] in FT_INIT_LR_0_01:
+        lines.append(Line("distill_kwargs", {
+            "init_learning_rate": (0.01, "RepDistiller helper/pretrain.py init(): lr 0.01 for FT with ResNet/WRN students "
+                                         "(recalled)")}, "rrd_hf.methods ft keyword arguments"))
+    return lines
+
+
 BASELINES: dict[str, Callable[[Pair], list[Line]]] = {
     "fitnet": baseline("fitnet", 100.0),
     "at": baseline("at", 1000.0),
@@ -238,7 +253,7 @@ BASELINES: dict[str, Callable[[Pair], list[Line]]] = {
     "rkd": baseline("rkd", 1.0),
     "pkt": baseline("pkt", 30000.0),
     "ab": baseline("ab", 1.0, init_epochs=INIT_30),  # the weight is inert: AB's loss runs in the init stage only
-    "ft": baseline("ft", 200.0, init_epochs=INIT_30),
+    "ft": ft_lines,
     "fsp": baseline("fsp", 50.0, init_epochs=INIT_30),  # inert too, as AB's
     "nst": baseline("nst", 50.0),
     "crd": baseline("crd", 0.8),

@@ -368,7 +368,7 @@ def _plots(argv: list[str]) -> None:
 
 
 def _push(argv: list[str]) -> None:
-    from .hub import _push as push
+    from .hub.command import push_command as push
 
     push(argv)
 

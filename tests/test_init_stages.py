@@ -273,8 +273,6 @@ REPDISTILLER_FT_INIT_LR_0_01 = {"resnet8", "resnet14", "resnet20", "resnet32", "
                                 "resnet8x4", "resnet32x4", "wrn_16_1", "wrn_16_2", "wrn_40_1", "wrn_40_2"}
 
 
-@pytest.mark.xfail(strict=True, reason="the FT recipes of ResNet/WRN students do not yet set init_learning_rate: 0.01 "
-                                       "(recipes/make_recipes.py, distill_kwargs)")
 def test_ft_recipes_state_the_benchmarks_init_learning_rate():
     import json
     from pathlib import Path

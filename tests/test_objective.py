@@ -24,8 +24,8 @@ def trainer_for(args, n=32):
                       train_dataset=TinyImageDataset(n, with_index=True))
 
 
-# A method written the way README tells users to: one class, one registration line.
-@register_method
+# A method written the way README tells users to: one class and one registration line (done in the fixture below,
+# so that the registry other tests see stays the library's).
 class LogitMSE(DistillationMethod):
     """Mean squared difference of the logits, with a trainable temperature-like scale."""
 
@@ -40,7 +40,14 @@ class LogitMSE(DistillationMethod):
         return (self.scale * student.logits.float() - teacher.logits.detach().float()).pow(2).mean()
 
 
-def test_a_method_defined_outside_rrd_hf_trains_through_the_trainer(tmp_path):
+@pytest.fixture
+def logit_mse():
+    register_method(LogitMSE)
+    yield LogitMSE
+    del METHODS[LogitMSE.name]
+
+
+def test_a_method_defined_outside_rrd_hf_trains_through_the_trainer(tmp_path, logit_mse):
     assert METHODS["test_logit_mse"] is LogitMSE
     trainer = trainer_for(config(tmp_path, distill_method="test_logit_mse", distill_kwargs={"scale": 2.0}))
     assert [(t.name, t.weight, t.kwargs) for t in trainer.loss_terms] == [("test_logit_mse", 0.5, {"scale": 2.0})]

@@ -15,7 +15,6 @@ what goes up, what never does, and what the card claims.
 """
 
 from .card import RRD_CITATION, build_model_card, template_path
-from .command import push_command as _push  # noqa: F401  (the name rrd_hf.cli dispatches `rrd-hf push` to)
 from .errors import ExportError, HubPublishError
 from .export import export_student
 from .mixin import HubMixin

@@ -292,6 +292,7 @@ class RRDConfig(TrainingArguments):
         self._validate_objective()
         self._validate_schedule_and_inputs()
         super().__post_init__()
+        self._check_reporting_extras()
 
     def _coerce_floats(self) -> None:
         # PyYAML reads `5e-4` as a string and HfArgumentParser does not convert it: accept it here rather than
@@ -348,6 +349,16 @@ class RRDConfig(TrainingArguments):
                     raise ValueError(f"{side}_image_{stat} needs 1 or 3 values, got {value}.")
             if any(v <= 0 for v in getattr(self, f"{side}_image_std") or []):
                 raise ValueError(f"{side}_image_std values must be > 0.")
+
+    def _check_reporting_extras(self) -> None:
+        """`report_to` integrations need packages rrd_hf installs only with their extra: say which, up front."""
+        import importlib.util
+
+        modules = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",), "trackio": ("trackio",)}
+        for name in self.report_to or []:
+            needed = modules.get(name)
+            if needed and not any(importlib.util.find_spec(module) for module in needed):
+                raise ImportError(f"report_to={name!r} needs the {needed[0]} package: pip install 'rrd_hf[{name}]'.")
 
     def _global_batch_size(self) -> int:
         return self.per_device_train_batch_size * max(int(os.environ.get("WORLD_SIZE", "1")), 1)

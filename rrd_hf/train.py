@@ -56,7 +56,7 @@ class DataArguments:
         default="auto",
         metadata={"help": "in_memory: decode the splits once to uint8 and augment whole batches on the device; "
                   "per_sample: decode and augment every image in DataLoader workers; auto: in_memory when the decoded "
-                  "train split fits in min(25% of RAM, 8 GiB) per machine. Both give the same images for a seed."},
+                  "train split fits in min(a quarter of the RAM, 8 GiB) per machine. Both give the same images for a seed."},
     )
     device_augmentation: bool | None = field(
         default=None,
@@ -266,9 +266,9 @@ def run(model_args: ModelArguments, data_args: DataArguments, config, *, teacher
     }
     if trainer.is_world_process_zero():
         with open(os.path.join(config.output_dir, RESULTS_NAME), "w", encoding="utf-8") as handle:
-            json.dump(results, handle, indent=2)
+            json.dump(results, handle, indent=2, ensure_ascii=False)
         logger.info("results: %s", results)
-        print(json.dumps(results, indent=2))
+        print(json.dumps(results, indent=2, ensure_ascii=False))
     trainer.accelerator.wait_for_everyone()  # every process is done before the process group is destroyed
     trainer.end()
     return results

@@ -116,3 +116,11 @@ def test_a_vit_teacher_loaded_from_its_folder_brings_its_own_normalisation(tmp_p
     x = torch.zeros(1, 3, 32, 32)  # student-normalised zeros are the student's mean: (0.1 - 0.5) / 0.5 for the teacher
     torch.testing.assert_close(adapter(x)[0, :, 0, 0], torch.tensor([-0.8, -0.6, -0.4]))
     trainer.train()
+
+
+def test_report_to_without_its_extra_says_which_extra_to_install(tmp_path, monkeypatch):
+    import importlib.util
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    with pytest.raises(ImportError, match=r"report_to='tensorboard' needs .*pip install 'rrd_hf\[tensorboard\]'"):
+        RRDConfig(output_dir=str(tmp_path), report_to="tensorboard")

@@ -98,6 +98,9 @@ for name in ("torch", "transformers", "accelerate", "datasets", "huggingface_hub
         versions[name] = None
 env = {"python": platform.python_version(), "versions": versions, "transformers_file": transformers.__file__,
        "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(), "cpu_count": os.cpu_count()}
+if os.path.isdir("/dev/shm"):  # DataLoader workers hand batches over through it
+    shm = os.statvfs("/dev/shm")
+    env["dev_shm_free_gib"] = shm.f_bavail * shm.f_frsize / 2**30
 if torch.cuda.is_available():
     props = torch.cuda.get_device_properties(0)
     env.update(gpu=props.name, gpu_memory_gib=props.total_memory / 2**30, capability=f"{props.major}.{props.minor}",

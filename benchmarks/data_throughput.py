@@ -50,7 +50,7 @@ def timed_epoch(loader, step=None) -> tuple[int, float]:
     for batch in loader:
         pixels = batch["pixel_values"]
         if step is not None:
-            pixels = step(pixels)
+            pixels = step(batch)
         count += pixels.shape[0]
     return count, time.perf_counter() - start
 
@@ -103,7 +103,7 @@ def main(argv=None) -> dict:
     decode_seconds = time.perf_counter() - start
     rows.append(("decode once to uint8 (one-off)", 0, n, decode_seconds))
     augment = DeviceAugmentation("cifar10", seed=0)
-    step = lambda pixels: augment(pixels, training=True)  # noqa: E731
+    step = lambda batch: augment(batch["pixel_values"], training=True, index=batch["index"])  # noqa: E731
     best = None
     for _ in range(args.fast_epochs):
         loader = torch.utils.data.DataLoader(memory, batch_size=args.batch_size, shuffle=True, num_workers=0)
@@ -114,7 +114,7 @@ def main(argv=None) -> dict:
     for _ in range(args.fast_epochs):
         start = time.perf_counter()
         for idx in torch.randperm(n).split(args.batch_size):
-            augment(memory.images[idx], training=True)
+            augment(memory.images[idx], training=True, index=memory.index[idx])
         seconds = time.perf_counter() - start
         best = seconds if best is None else min(best, seconds)
     rows.append(("in-memory uint8, tensor indexing + DeviceAugmentation", 0, n, best))

@@ -35,7 +35,7 @@ CORE = {  # loss weights as in the published runs
 # Main-stage steps of the other methods (AB and FSP train only in their init stage: their main step is CE alone).
 OTHERS = {name.upper(): dict(NO_RRD, distill_method=name) for name in
           ("dkd", "kd_ls", "fitnet", "at", "sp", "cc", "vid", "rkd", "pkt", "ft", "nst", "crd")}
-OTHERS["RRD+DKD"] = dict(distill_method="dkd")
+OTHERS["RRD+DKD"] = dict(distill_method="dkd", rrd_weight=1.0)
 
 
 class _Indexed(torch.utils.data.Dataset):
@@ -70,8 +70,8 @@ def build_trainer(losses, args, output_dir, device_is_cpu):
 
 def extra_state(trainer) -> tuple[int, int]:
     """Parameters and buffer elements the method adds next to the student (heads, regressors, memories)."""
-    params = sum(p.numel() for p in trainer.distillers.parameters())
-    buffers = sum(b.numel() for b in trainer.distillers.buffers())
+    params = sum(p.numel() for p in trainer.methods.parameters())
+    buffers = sum(b.numel() for b in trainer.methods.buffers())
     return params, buffers
 
 

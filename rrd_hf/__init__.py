@@ -1,36 +1,48 @@
 """rrd_hf: Relational Representation Distillation for vision models, native to Hugging Face transformers."""
 
-from .config import RRD_PRESETS, RRDConfig
+from . import models  # noqa: F401  (registers the zoo with the Auto classes: saved students load after `import rrd_hf`)
+from .config import RRD_PRESETS, LossTerm, RRDConfig, resolve_loss_terms
 from .features import FeatureTap
 from .hub import HubMixin, push_to_hub
-from .losses import kd_loss, rrd_loss
-from .memory import FifoMemory, MomentumMemory
-from .methods import METHODS, DistillationMethod, ModelOutputs, build_method
+from .methods import (
+    METHODS,
+    Activations,
+    DistillationMethod,
+    FifoMemory,
+    MethodContext,
+    MomentumMemory,
+    build_method,
+    kd_loss,
+    register_method,
+    rrd_loss,
+)
 from .metrics import compute_classification_metrics, topk_accuracy
-from .rrd import RRDLoss
-from .teacher_inputs import TeacherInputAdapter
-from .trainer import RRD_STATE_NAME, RRDTrainer
+from .teacher import TeacherInputAdapter
+from .trainer import DISTILL_STATE_NAME, RRDTrainer
 
 __version__ = "0.1.0"
 
 __all__ = [
     "RRDConfig",
     "RRDTrainer",
-    "RRDLoss",
+    "LossTerm",
+    "resolve_loss_terms",
     "RRD_PRESETS",
-    "RRD_STATE_NAME",
+    "DISTILL_STATE_NAME",
+    "METHODS",
+    "DistillationMethod",
+    "MethodContext",
+    "Activations",
+    "build_method",
+    "register_method",
     "rrd_loss",
     "kd_loss",
     "FifoMemory",
     "MomentumMemory",
     "FeatureTap",
+    "TeacherInputAdapter",
     "HubMixin",
     "push_to_hub",
-    "METHODS",
-    "DistillationMethod",
-    "ModelOutputs",
-    "build_method",
-    "TeacherInputAdapter",
     "topk_accuracy",
     "compute_classification_metrics",
 ]

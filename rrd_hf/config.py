@@ -1,27 +1,138 @@
-"""`RRDConfig`: every knob of RRD distillation, on top of `transformers.TrainingArguments`."""
+"""`RRDConfig`: the distillation objective and every knob of the run, on top of `transformers.TrainingArguments`.
+
+The objective is data: `ce_weight · CE + Σ weight_i · method_i`, each term a registered method of `rrd_hf.methods`
+with its options. Give it in full with `distill_terms`, or with the shorthand fields the recipes use
+(`rrd_weight`, `kd_weight`, the `rrd_*` options, `distill_method`/`distill_weight`/`distill_kwargs`);
+`resolve_loss_terms` turns either (and the saved arguments of older runs) into the list of `LossTerm`s.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-from .rrd import ENQUEUE_ORDERS, MEMORY_TYPES
+from .methods import RRD_PRESETS, check_method_kwargs, method_class
+from .methods.memory import MEMORY_TYPES
+from .methods.rrd import ENQUEUE_ORDERS
 
-__all__ = ["RRDConfig", "RRD_PRESETS"]
+__all__ = ["RRDConfig", "RRD_PRESETS", "LossTerm", "resolve_loss_terms"]
 
-#: Named settings of the method. Explicitly given fields override the preset's.
-RRD_PRESETS: dict[str, dict[str, typing.Any]] = {
-    # The setting of the authors' 2024 code, which produced every published CIFAR-100 and transfer number:
-    # a sharper *student* and the current batch enqueued after the similarities are computed.
-    "published": {"student_temperature": 0.04, "teacher_temperature": 0.10, "enqueue": "after"},
-    # The defaults of the authors' 2025 code (and the newest abstract's "sharper teacher"): the current batch is
-    # enqueued first, so each sample's own teacher embedding is among the anchors (τ_t → 0 gives InfoNCE).
-    "code-2025": {"student_temperature": 0.10, "teacher_temperature": 0.02, "enqueue": "before"},
-}
+#: The RRDConfig fields that are options of the `rrd` method, and the one of `kd`.
+RRD_OPTION_FIELDS = ("embedding_dim", "memory_size", "student_temperature", "teacher_temperature", "enqueue",
+                     "memory_type", "memory_momentum")
+
+
+@dataclass(frozen=True)
+class LossTerm:
+    """One weighted term of the objective: `weight · method(**kwargs)`, logged as `loss_<name>`."""
+
+    name: str
+    method: str
+    weight: float
+    kwargs: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "method": self.method, "weight": self.weight, "kwargs": dict(self.kwargs)}
+
+
+def _json_value(value, what: str):
+    if isinstance(value, str):
+        try:
+            return json.loads(value) if value.strip() else None
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{what} must be JSON, got {value!r}: {error}") from None
+    return value
+
+
+def _rrd_options(fields: Mapping) -> dict:
+    options = {key: fields[key] for key in RRD_OPTION_FIELDS if fields.get(key) is not None}
+    preset = RRD_PRESETS.get(fields.get("rrd_preset") or "published", {})
+    return {**preset, **options}
+
+
+def _defaults_for(method: str, fields: Mapping) -> dict:
+    """Options a term of `method` takes from the config's own fields (kwargs given in the term win)."""
+    if method == "rrd":
+        return _rrd_options(fields)
+    if method == "kd" and fields.get("kd_temperature") is not None:
+        return {"temperature": fields["kd_temperature"]}
+    return {}
+
+
+def _explicit_terms(fields: Mapping, raw) -> list[LossTerm]:
+    raw = _json_value(raw, "distill_terms")
+    if isinstance(raw, Mapping):
+        raw = [raw]
+    if not isinstance(raw, (list, tuple)) or not raw:
+        raise ValueError(f"distill_terms must be a non-empty list of {{'method': ..., 'weight': ...}}, got {raw!r}.")
+    terms = []
+    for item in raw:
+        if isinstance(item, str):
+            item = {"method": item}
+        if not isinstance(item, Mapping) or "method" not in item:
+            raise ValueError(f"every entry of distill_terms needs a 'method', got {item!r}.")
+        unknown = set(item) - {"method", "weight", "kwargs", "name"}
+        if unknown:
+            raise ValueError(f"distill_terms entry {dict(item)!r} has unknown keys {sorted(unknown)}: use method, "
+                             "weight, kwargs and name.")
+        cls = method_class(item["method"])
+        kwargs = {**_defaults_for(cls.name, fields), **dict(_json_value(item.get("kwargs"), "kwargs") or {})}
+        weight = item.get("weight")
+        terms.append(LossTerm(str(item.get("name") or cls.name), cls.name,
+                              float(cls.default_weight if weight is None else weight), kwargs))
+    return terms
+
+
+def _shorthand_terms(fields: Mapping) -> list[LossTerm]:
+    method = fields.get("distill_method")
+    kd_weight = float(fields.get("kd_weight") or 0.0)
+    rrd_weight = fields.get("rrd_weight")
+    # RRD is the default term only when no other method is named: distill_method="crd" alone trains CRD.
+    rrd_weight = float((0.0 if method else 1.0) if rrd_weight is None else rrd_weight)
+    terms = []
+    if kd_weight:
+        terms.append(LossTerm("kd", "kd", kd_weight, _defaults_for("kd", fields)))
+    if rrd_weight:
+        terms.append(LossTerm("rrd", "rrd", rrd_weight, _rrd_options(fields)))
+    kwargs = dict(_json_value(fields.get("distill_kwargs"), "distill_kwargs") or {})
+    if method:
+        cls = method_class(method)
+        weight = fields.get("distill_weight")
+        terms.append(LossTerm(cls.name, cls.name, float(cls.default_weight if weight is None else weight),
+                              {**_defaults_for(cls.name, fields), **kwargs}))
+    elif kwargs:
+        raise ValueError(f"distill_kwargs={kwargs} is set but no distill_method: name the method they belong to.")
+    return terms
+
+
+def resolve_loss_terms(fields: Mapping) -> tuple[float, list[LossTerm]]:
+    """`(ce_weight, terms)` of a config or of a dict of its saved arguments (runs of older versions included).
+
+    Terms with weight 0 are switched off (init stage included) and left out.
+    """
+    explicit = fields.get("distill_terms")
+    if explicit:
+        given = [key for key in ("rrd_weight", "kd_weight", "distill_method", "distill_weight", "distill_kwargs")
+                 if fields.get(key) is not None]
+        if given:
+            raise ValueError(f"the objective is given twice: distill_terms and {', '.join(given)}. Put every term in "
+                             "distill_terms (e.g. {'method': 'kd', 'weight': 1}) and leave the shorthand fields unset.")
+        terms = _explicit_terms(fields, explicit)
+    else:
+        terms = _shorthand_terms(fields)
+    names = [term.name for term in terms]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ValueError(f"the objective has more than one term named {duplicates}: give each a distinct 'name' in "
+                         "distill_terms (or do not set kd_weight and distill_method='kd' together).")
+    ce_weight = fields.get("ce_weight")
+    return float(1.0 if ce_weight is None else ce_weight), [term for term in terms if term.weight != 0]
 
 
 def _accepts_float(annotation: typing.Any) -> bool:
@@ -34,59 +145,68 @@ def _accepts_float(annotation: typing.Any) -> bool:
 
 @dataclass
 class RRDConfig(TrainingArguments):
-    r"""Configuration of [`RRDTrainer`]: `TrainingArguments` plus the distillation fields below.
+    r"""Configuration of [`RRDTrainer`]: `TrainingArguments` plus the distillation objective below.
 
-    The total training loss is `ce_weight · CE + kd_weight · KD + rrd_weight · RRD`. The published runs use
-    RRD = 1·CE + 1·RRD and RRD+KD = 1·CE + 1·KD + 1·RRD.
+    The training loss is `ce_weight · CE + Σ weight · term` over the terms of `loss_terms`. The published runs are
+    RRD = 1·CE + 1·RRD (the defaults) and RRD+KD = 1·CE + 1·KD + 1·RRD (`kd_weight=1`).
 
     Args:
-        rrd_preset (`str`, defaults to `"published"`):
-            Named temperatures and enqueue order (see `RRD_PRESETS`); fields given explicitly win over the preset.
-        ce_weight, kd_weight, rrd_weight (`float`):
-            Weights of cross-entropy on the labels, Hinton KD on the logits and the RRD loss. None may be negative and
-            not all may be zero. With `kd_weight == rrd_weight == 0` no teacher is needed (the student-alone baseline).
+        ce_weight (`float`, defaults to 1): weight of cross-entropy on the labels.
+        distill_terms (`list[dict]` or JSON `str`, *optional*): the general form of the objective, e.g.
+            `[{"method": "rrd"}, {"method": "kd", "weight": 1}, {"method": "crd", "weight": 0.8}]`. Each entry has
+            `method` (a name of `rrd_hf.methods.METHODS`), `weight` (default: the benchmark's), `kwargs` (the
+            method's options) and `name` (default: the method's; names the logged `loss_<name>`). Cannot be
+            combined with the shorthand fields below.
+        rrd_weight (`float`, *optional*): weight of RRD; default 1, or 0 when `distill_method` names another method.
+        kd_weight (`float`, *optional*): weight of Hinton KD at `kd_temperature` (1 for RRD+KD); default 0.
         kd_temperature (`float`, defaults to 4): temperature of KD; its loss is scaled by T².
-        embedding_dim (`int`, defaults to 128): output size of both projection heads.
-        memory_size (`int`, defaults to 16384): K, the number of teacher embeddings every sample is compared with
-            (the FIFO length, or the anchors drawn per step from the momentum memory).
-        student_temperature, teacher_temperature (`float`): τ_s and τ_t of the two similarity distributions.
-        enqueue (`str`): `"after"` (similarities against previous batches only) or `"before"` (current batch first).
-        memory_type (`str`): `"fifo"` (ring buffer) or `"momentum"` (one slot per training sample, needs `index`).
-        memory_momentum (`float`, defaults to 0.5): momentum of the per-sample slots of the momentum memory.
+        rrd_preset (`str`, defaults to `"published"`): named RRD temperatures and enqueue order (`RRD_PRESETS`);
+            fields given explicitly win over the preset.
+        embedding_dim, memory_size, student_temperature, teacher_temperature, enqueue, memory_type,
+            memory_momentum: options of every `rrd` term (see `rrd_hf.methods.RRD`): projection size (128), K
+            (16384: the FIFO length, or the anchors drawn per step from the momentum memory), τ_s and τ_t, `"after"`
+            or `"before"`, `"fifo"` or `"momentum"` (one slot per sample, needs `index`), its momentum (0.5).
+        distill_method (`str`, *optional*), distill_weight (`float`, *optional*), distill_kwargs (`dict` or JSON):
+            one more method by name with its weight (default the benchmark's) and options: CRD alone is
+            `distill_method="crd"`, CRD+KD adds `kd_weight=1`, RRD+DKD is `distill_method="dkd", rrd_weight=1`.
+        init_epochs (`int`, *optional*): epochs of the initialisation stage of two-stage methods (AB, FT, FSP, and
+            FitNet's hint stage); default the method's (30 in the benchmark code); 0 skips it.
         teacher_model_name_or_path (`str`, *optional*): Hub id or local path of the teacher, when the trainer
             is not given a teacher module.
         student_feature_module, teacher_feature_module (`str`, *optional*): dotted name of the module whose *input*
             is the penultimate feature vector; by default the classifier (`classifier`, `fc` or `head`).
+        student_hidden_modules, teacher_hidden_modules (`list[str]`, *optional*): for feature-map methods on models
+            that return no `hidden_states`: the modules (stem, stages, ...) whose outputs stand in for them.
         teacher_image_size (`int`, *optional*), teacher_image_mean / teacher_image_std, student_image_mean /
             student_image_std (`list[float]`, *optional*): how to turn a student batch into the teacher's input
-            (resize and renormalise on the device). Unset values come from the models' image-processor configs.
-        lr_decay_epochs (`list[int]`, *optional*): step-decay the learning rate by `lr_decay_rate` at the start of
+            (renormalise and resize on the device). Unset values come from the models and the data.
+        lr_decay_epochs (`list[int]`, *optional*): multiply the learning rate by `lr_decay_rate` at the start of
             each listed epoch (CIFAR protocol: 150 180 210). Replaces `lr_scheduler_type` when set.
-        decay_all_parameters (`bool`, defaults to False): apply weight decay to every parameter, BatchNorm and
-            biases included, as the CIFAR benchmark code does (`SGD(model.parameters(), weight_decay=...)`).
-        distill_method (`str`, *optional*): another distillation loss by name (`rrd_hf.methods.METHODS`: `dkd`,
-            `kd_ls`, `dkd_ls`, `crd`, `fitnet`, `at`, `sp`, `cc`, `vid`, `rkd`, `pkt`, `ab`, `ft`, `fsp`, `nst`, ...),
-            added as `distill_weight · loss` to the terms above: e.g. CRD alone (`rrd_weight=0`), CRD+KD, or RRD+DKD.
-        distill_weight (`float`, *optional*): its weight; default the benchmark's weight of that method.
-        distill_kwargs (`dict` or JSON `str`, *optional*): keyword arguments of the method (e.g. `{"beta": 8}`).
-        init_epochs (`int`, *optional*): epochs of the initialisation stage of two-stage methods (AB, FT, FSP, and
-            FitNet's hint stage when enabled); default the method's (30 in the benchmark code); 0 skips it.
-        student_hidden_modules, teacher_hidden_modules (`list[str]`, *optional*): for feature-map methods on models
-            that return no `hidden_states`: the dotted names of the modules (stem, stages, ...) whose outputs, read
-            with forward hooks, stand in for them. The penultimate vector is appended as the last entry, as in
-            rrd_hf.models; it is also appended to native `hidden_states` that end with a feature map (HF CNNs).
+        decay_all_parameters (`bool`, defaults to False): weight decay on every parameter, BatchNorm and biases
+            included, as the CIFAR benchmark code does (`SGD(model.parameters(), weight_decay=...)`).
+        overwrite_output_dir (`bool`, defaults to False): allow a new run into an `output_dir` that holds a finished
+            model or checkpoints (their files are replaced). Without it such a run is refused unless it resumes.
+        check_finite (`bool`, defaults to True): stop the run when a loss term, a gradient or a BatchNorm statistic
+            becomes NaN or infinite, before the optimizer step uses it.
     """
 
     _VALID_DICT_FIELDS = TrainingArguments._VALID_DICT_FIELDS + ["distill_kwargs"]
 
+    ce_weight: float = field(default=1.0, metadata={"help": "Weight of the cross-entropy loss on the labels."})
+    distill_terms: list | str | None = field(
+        default=None,
+        metadata={"help": "The objective's terms as a JSON list of {method, weight, kwargs, name}, e.g. "
+                          "'[{\"method\": \"rrd\"}, {\"method\": \"crd\", \"weight\": 0.8}]'."},
+    )
+    rrd_weight: float | None = field(
+        default=None, metadata={"help": "Weight of the RRD loss (default 1, or 0 when distill_method is set)."}
+    )
+    kd_weight: float | None = field(default=None, metadata={"help": "Weight of Hinton KD on the logits (1 for RRD+KD)."})
+    kd_temperature: float = field(default=4.0, metadata={"help": "KD temperature T (the KD loss is scaled by T²)."})
     rrd_preset: str = field(
         default="published",
         metadata={"help": "Named RRD setting: " + ", ".join(RRD_PRESETS) + ". Explicit fields override it."},
     )
-    ce_weight: float = field(default=1.0, metadata={"help": "Weight of the cross-entropy loss on the labels."})
-    kd_weight: float = field(default=0.0, metadata={"help": "Weight of Hinton KD on the logits (1 for RRD+KD)."})
-    rrd_weight: float = field(default=1.0, metadata={"help": "Weight of the RRD loss."})
-    kd_temperature: float = field(default=4.0, metadata={"help": "KD temperature T (the KD loss is scaled by T²)."})
     embedding_dim: int = field(default=128, metadata={"help": "Output size of the projection heads."})
     memory_size: int = field(default=16384, metadata={"help": "K: teacher embeddings each sample is compared with."})
     student_temperature: float | None = field(
@@ -104,6 +224,18 @@ class RRDConfig(TrainingArguments):
         default="fifo", metadata={"help": "'fifo' ring buffer or 'momentum' per-sample slots.", "choices": list(MEMORY_TYPES)}
     )
     memory_momentum: float = field(default=0.5, metadata={"help": "Momentum of the per-sample memory slots."})
+    distill_method: str | None = field(
+        default=None, metadata={"help": "Another distillation loss by name (dkd, crd, fitnet, at, ...), see rrd_hf.methods."}
+    )
+    distill_weight: float | None = field(
+        default=None, metadata={"help": "Weight of distill_method's loss (default: the benchmark's weight)."}
+    )
+    distill_kwargs: dict | str | None = field(
+        default=None, metadata={"help": "Options of distill_method, as a dict or a JSON string."}
+    )
+    init_epochs: int | None = field(
+        default=None, metadata={"help": "Init-stage epochs of two-stage methods (default the method's; 0 skips it)."}
+    )
     teacher_model_name_or_path: str | None = field(
         default=None, metadata={"help": "Hub id or local path of the teacher (AutoModelForImageClassification)."}
     )
@@ -113,8 +245,13 @@ class RRDConfig(TrainingArguments):
     teacher_feature_module: str | None = field(
         default=None, metadata={"help": "Module whose input is the teacher's penultimate feature (default: classifier)."}
     )
+    student_hidden_modules: list[str] | None = field(
+        default=None, metadata={"help": "Modules whose outputs are the student's hidden states (forward hooks), for "
+                                        "models that return none; default: output_hidden_states."}
+    )
+    teacher_hidden_modules: list[str] | None = field(default=None, metadata={"help": "The same for the teacher."})
     teacher_image_size: int | None = field(
-        default=None, metadata={"help": "Resize the student batch to this size for the teacher (default: its processor)."}
+        default=None, metadata={"help": "Resize the student batch to this size for the teacher (default: its config)."}
     )
     teacher_image_mean: list[float] | None = field(default=None, metadata={"help": "Teacher input mean per channel."})
     teacher_image_std: list[float] | None = field(default=None, metadata={"help": "Teacher input std per channel."})
@@ -127,24 +264,11 @@ class RRDConfig(TrainingArguments):
     decay_all_parameters: bool = field(
         default=False, metadata={"help": "Weight decay on every parameter, norms and biases included (CIFAR protocol)."}
     )
-    distill_method: str | None = field(
-        default=None, metadata={"help": "Another distillation loss by name (dkd, crd, fitnet, at, ...), see rrd_hf.methods."}
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Allow a new run into an output_dir holding a finished model or checkpoints."}
     )
-    distill_weight: float | None = field(
-        default=None, metadata={"help": "Weight of distill_method's loss (default: the benchmark's weight)."}
-    )
-    distill_kwargs: dict | str | None = field(
-        default=None, metadata={"help": "Keyword arguments of distill_method, as a dict or a JSON string."}
-    )
-    init_epochs: int | None = field(
-        default=None, metadata={"help": "Init-stage epochs of two-stage methods (default the method's; 0 skips it)."}
-    )
-    student_hidden_modules: list[str] | None = field(
-        default=None, metadata={"help": "Modules whose outputs are the student's hidden states (forward hooks), for "
-                                        "models that return none; default: output_hidden_states."}
-    )
-    teacher_hidden_modules: list[str] | None = field(
-        default=None, metadata={"help": "The same for the teacher."}
+    check_finite: bool = field(
+        default=True, metadata={"help": "Stop when a loss term, gradient or BatchNorm statistic is NaN or infinite."}
     )
     # Changed TrainingArguments defaults: the trainer computes its losses itself and needs the raw columns.
     remove_unused_columns: bool = field(
@@ -157,7 +281,12 @@ class RRDConfig(TrainingArguments):
     def __post_init__(self):
         self._coerce_floats()
         self._apply_preset()
-        self._validate_rrd()
+        if isinstance(self.distill_kwargs, str):
+            self.distill_kwargs = _json_value(self.distill_kwargs, "distill_kwargs")
+        if isinstance(self.distill_terms, str):
+            self.distill_terms = _json_value(self.distill_terms, "distill_terms")
+        self._validate_objective()
+        self._validate_schedule_and_inputs()
         super().__post_init__()
 
     def _coerce_floats(self) -> None:
@@ -179,31 +308,29 @@ class RRDConfig(TrainingArguments):
             if getattr(self, key) is None:
                 setattr(self, key, value)
 
-    def _validate_rrd(self) -> None:
-        weights = {"ce_weight": self.ce_weight, "kd_weight": self.kd_weight, "rrd_weight": self.rrd_weight}
-        for name, value in weights.items():
-            if value < 0:
+    def _validate_objective(self) -> None:
+        for name in ("ce_weight", "kd_weight", "rrd_weight", "distill_weight"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value}. Use 0 to switch a loss term off.")
-        self._resolve_method()
-        if self.distill_method is not None:
-            weights["distill_weight"] = self.distill_weight
-        if self.distill_weight is not None and self.distill_weight < 0:
-            raise ValueError(f"distill_weight must be >= 0, got {self.distill_weight}. Use 0 to switch it off.")
-        if all(value == 0 for value in weights.values()):
+        if not self.kd_temperature > 0:
+            raise ValueError(f"kd_temperature must be > 0, got {self.kd_temperature}.")
+        ce_weight, terms = self.objective()
+        for term in terms:
+            if term.weight < 0:
+                raise ValueError(f"the weight of {term.name} must be >= 0, got {term.weight}.")
+            check_method_kwargs(term.method, term.kwargs)
+            method_class(term.method).check_options(term.kwargs, global_batch_size=self._global_batch_size())
+        if ce_weight == 0 and not terms:
             raise ValueError("every loss weight is 0: nothing to train. Set at least one of them > 0.")
-        for name in ("student_temperature", "teacher_temperature", "kd_temperature"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}.")
-        if self.enqueue not in ENQUEUE_ORDERS:
-            raise ValueError(f"enqueue must be one of {ENQUEUE_ORDERS}, got {self.enqueue!r}.")
-        if self.memory_type not in MEMORY_TYPES:
-            raise ValueError(f"memory_type must be one of {MEMORY_TYPES}, got {self.memory_type!r}.")
-        if not 0 <= self.memory_momentum < 1:
-            raise ValueError(f"memory_momentum must be in [0, 1), got {self.memory_momentum}.")
-        if self.embedding_dim < 1:
-            raise ValueError(f"embedding_dim must be >= 1, got {self.embedding_dim}.")
-        world_size = int(os.environ.get("WORLD_SIZE", "1"))
-        self.check_memory_size(world_size)
+        if self.init_epochs is not None:
+            if self.init_epochs < 0:
+                raise ValueError(f"init_epochs must be >= 0, got {self.init_epochs}.")
+            if not any(method_class(term.method).has_init_stage for term in terms):
+                raise ValueError(f"init_epochs={self.init_epochs} is set but no term of the objective has an "
+                                 "initialisation stage (ab, ft, fsp, fitnet): remove it or add such a method.")
+
+    def _validate_schedule_and_inputs(self) -> None:
         if self.lr_decay_epochs is not None:
             epochs = list(self.lr_decay_epochs)
             if any(e <= 0 for e in epochs) or epochs != sorted(epochs):
@@ -218,44 +345,25 @@ class RRDConfig(TrainingArguments):
             if any(v <= 0 for v in getattr(self, f"{side}_image_std") or []):
                 raise ValueError(f"{side}_image_std values must be > 0.")
 
-    def _resolve_method(self) -> None:
-        if self.distill_method is None:
-            return
-        from .methods import METHODS
+    def _global_batch_size(self) -> int:
+        return self.per_device_train_batch_size * max(int(os.environ.get("WORLD_SIZE", "1")), 1)
 
-        key = str(self.distill_method).strip().lower().replace("-", "_")
-        if key not in METHODS:
-            raise ValueError(f"unknown distill_method {self.distill_method!r}: choose one of {', '.join(sorted(METHODS))}.")
-        self.distill_method = key
-        if self.distill_weight is None:
-            self.distill_weight = float(METHODS[key].default_weight)
-        if isinstance(self.distill_kwargs, str):
-            import json
+    def objective(self) -> tuple[float, list[LossTerm]]:
+        """`(ce_weight, loss_terms)`."""
+        return resolve_loss_terms({f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
 
-            try:
-                self.distill_kwargs = json.loads(self.distill_kwargs) if self.distill_kwargs.strip() else {}
-            except json.JSONDecodeError as error:
-                raise ValueError(f"distill_kwargs must be a JSON object, got {self.distill_kwargs!r}: {error}") from None
-        if self.init_epochs is not None and self.init_epochs < 0:
-            raise ValueError(f"init_epochs must be >= 0, got {self.init_epochs}.")
-
-    def check_memory_size(self, world_size: int) -> None:
-        """The memory must hold at least one global batch, or a single step would overwrite all of it."""
-        if self.rrd_weight == 0 or self.memory_type != "fifo":
-            return
-        global_batch = self.per_device_train_batch_size * max(world_size, 1)
-        if self.memory_size < global_batch:
-            raise ValueError(
-                f"memory_size={self.memory_size} is smaller than the global batch "
-                f"({self.per_device_train_batch_size} per device x {world_size} processes = {global_batch}): "
-                "raise memory_size (the published value is 16384) or lower the batch size."
-            )
+    @property
+    def loss_terms(self) -> list[LossTerm]:
+        """The weighted distillation terms of the objective (cross-entropy is `ce_weight`)."""
+        return self.objective()[1]
 
     @property
     def needs_teacher(self) -> bool:
-        return self.kd_weight > 0 or self.rrd_weight > 0 or self.distill_method is not None
+        return bool(self.loss_terms)
 
-    @classmethod
-    def from_preset(cls, preset: str, **kwargs) -> "RRDConfig":
-        """`RRDConfig.from_preset("code-2025", output_dir=...)`: the same as passing `rrd_preset=`."""
-        return cls(rrd_preset=preset, **kwargs)
+    def describe_objective(self) -> str:
+        """`"1·CE + 1·KD + 1·RRD"`: the objective in one line, for logs and errors."""
+        ce_weight, terms = self.objective()
+        parts = [f"{ce_weight:g}·CE"] if ce_weight else []
+        parts += [f"{term.weight:g}·{term.name.upper()}" for term in terms]
+        return " + ".join(parts)

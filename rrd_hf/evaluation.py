@@ -29,22 +29,29 @@ def predict_logits(model, dataset, batch_size: int = 256, device: str | torch.de
 
 
 def evaluate_checkpoint(checkpoint: str, dataset: str = "cifar100", split: str | None = None, *,
-                        image_size: int = 32, batch_size: int = 256, max_samples: int | None = None,
-                        device: str | None = None, progress: bool = True) -> dict:
-    """Load `checkpoint` (folder or Hub id), run it on `dataset`/`split` with evaluation transforms, return metrics."""
-    from .data import find_dataset_info, load_image_dataset, prepare_dataset
+                        data_dir: str | None = None, image_size: int = 32, batch_size: int = 256,
+                        max_samples: int | None = None, device: str | None = None, progress: bool = True) -> dict:
+    """Load `checkpoint` (folder or Hub id) and return its top-1/top-5 (%) on `dataset` with evaluation transforms.
+
+    `dataset`: a known name, Hub id or local path; `data_dir`: a local copy of it (read as that dataset, e.g.
+    offline). `split` defaults to the dataset's evaluation split that exists (`valid` for Tiny ImageNet, else the
+    first of test/validation/valid/...). `max_samples` evaluates the first N images; the result says how many of
+    the split's were used (`num_samples` of `split_size`, `subset`).
+    """
+    from .data import prepare_dataset, resolve_dataset
     from .metrics import topk_accuracy
-    from .trainer import load_image_classifier
+    from .pretrained import load_image_classifier
 
     model = load_image_classifier(checkpoint, role="checkpoint")
-    info = find_dataset_info(dataset)
-    split = split or (info.eval_split if info is not None else "test")
-    raw = load_image_dataset(dataset, split)
+    resolved = resolve_dataset(dataset, data_dir=data_dir, eval_split=split)
+    raw, stats = resolved.eval, resolved.require_stats()
+    split_size = len(raw)
     if max_samples is not None:
         raw = raw.select(range(min(max_samples, len(raw))))
-    data = prepare_dataset(raw, split, train=False, image_size=image_size, num_labels=model.config.num_labels,
-                           stats=info, dataset_name=info.name if info else None)
+    data = prepare_dataset(raw, resolved.eval_split, train=False, image_size=image_size,
+                           num_labels=model.config.num_labels, stats=stats)
     logits, labels = predict_logits(model, data, batch_size=batch_size, device=device, progress=progress)
     accuracy = topk_accuracy(logits, labels, ks=(1, 5))
-    return {"checkpoint": checkpoint, "dataset": dataset, "split": split, "num_samples": int(len(labels)),
+    return {"checkpoint": checkpoint, "dataset": dataset, "split": resolved.eval_split,
+            "num_samples": int(len(labels)), "split_size": int(split_size), "subset": int(len(labels)) < split_size,
             "top1": round(100 * accuracy[1], 4), "top5": round(100 * accuracy[5], 4)}

@@ -1,11 +1,21 @@
-"""Penultimate features of any image classifier, read from its classifier's input: no second forward."""
+"""What the distillation methods read from a model's forward: logits, penultimate features, hidden states.
+
+The penultimate features of any image classifier are read from its classifier's *input* by a forward pre-hook (no
+second forward, works through DDP and torch.compile); hidden states come from `output_hidden_states` or, for models
+that return none, from forward hooks on named modules. `ActivationReader` turns one forward into `Activations`.
+"""
 
 from __future__ import annotations
+
+import inspect
 
 import torch
 import torch.nn as nn
 
-__all__ = ["FeatureTap", "HiddenStateTap", "find_classifier", "feature_dim"]
+from .methods.base import Activations
+
+__all__ = ["FeatureTap", "HiddenStateTap", "ActivationReader", "find_classifier", "feature_dim",
+           "student_feature_modules"]
 
 _CLASSIFIER_NAMES = ("classifier", "fc", "head", "heads")
 
@@ -108,3 +118,61 @@ class HiddenStateTap:
             raise RuntimeError(f"only {len(self._outputs)} of the {self.size} hidden-state modules ran in the forward pass.")
         outputs, self._outputs = self._outputs, {}
         return tuple(outputs[i] for i in range(self.size))
+
+
+def student_feature_modules(model: nn.Module, classifier_name: str | None = None) -> list[nn.Module]:
+    """The modules a two-stage method's init stage trains: RepDistiller's `get_feat_modules()`.
+
+    rrd_hf's zoo models define `feature_modules()` (e.g. a WRN's final BatchNorm is not among them); for any other
+    model, every top-level module but the classifier.
+    """
+    if callable(getattr(model, "feature_modules", None)):
+        return list(model.feature_modules())
+    name, _ = find_classifier(model, classifier_name)
+    top = name.split(".")[0]
+    return [module for child, module in model.named_children() if child != top]
+
+
+class ActivationReader:
+    """Reads the `Activations` the objective needs from one model's forward passes.
+
+    Built once per model with what the methods need (`features`, `hidden_states`, `preact`); `forward_kwargs` says
+    how to call the model, `read(output)` collects the result of that call. Hooks are registered at construction,
+    before any wrapping, so they fire inside DDP and compiled wrappers.
+    """
+
+    def __init__(self, model: nn.Module, role: str, *, features: bool = False, hidden_states: bool = False,
+                 preact: bool = False, feature_module: str | None = None, hidden_modules: list[str] | None = None):
+        self.role = role
+        self.feature_tap = FeatureTap(model, feature_module) if features or hidden_states else None
+        self.hidden_tap = HiddenStateTap(model, hidden_modules) if hidden_states and hidden_modules else None
+        self.forward_kwargs: dict = {}
+        if hidden_states and self.hidden_tap is None:
+            self.forward_kwargs["output_hidden_states"] = True
+        if preact:
+            if self.hidden_tap is None and "preact" not in inspect.signature(model.forward).parameters:
+                raise ValueError(
+                    f"the objective needs pre-activation feature maps (forward(..., preact=True)), which the {role} "
+                    f"{type(model).__name__} does not provide; rrd_hf.models architectures do."
+                )
+            if self.hidden_tap is None:
+                self.forward_kwargs["preact"] = True
+
+    @property
+    def feature_dim(self) -> int | None:
+        return None if self.feature_tap is None else self.feature_tap.dim
+
+    def read(self, output, logits: torch.Tensor | None = None) -> Activations:
+        logits = output.logits if logits is None else logits
+        if self.feature_tap is None:
+            return Activations(logits)
+        features = self.feature_tap.pop()
+        hidden = self.hidden_tap.pop() if self.hidden_tap is not None else getattr(output, "hidden_states", None)
+        if hidden is not None and hidden[-1].dim() != 2:  # end with the pooled vector, as rrd_hf.models do
+            hidden = (*hidden, features)
+        return Activations(logits, features, None if hidden is None else tuple(hidden))
+
+    def clear(self) -> None:
+        for tap in (self.feature_tap, self.hidden_tap):
+            if tap is not None:
+                tap.clear()

@@ -257,20 +257,30 @@ def _num_parameters(folder: str) -> int | None:
 _METHOD_NAMES = {"kd_ls": "KD-LS", "dkd_ls": "DKD-LS", "fitnet": "FitNet", "nst": "NST"}
 
 
+def _objective(args: dict) -> tuple[float, list] | None:
+    """(ce_weight, loss terms) of saved arguments, old runs included; None when they cannot be resolved."""
+    from .config import resolve_loss_terms
+
+    try:
+        return resolve_loss_terms(args)
+    except ValueError:
+        return None
+
+
 def _method(args: dict | None, teacher: dict | None, override: str | None = None) -> tuple[str, str | None, list[str]]:
     """(display name, tag slug, loss terms) of the training objective; slug None when nothing was distilled."""
     if override:
         return override, re.sub(r"[^a-z0-9]+", "-", override.lower()).strip("-"), []
-    if not args:
+    objective = _objective(args) if args else None
+    if objective is None:
         return ("distillation (method not recorded)", None, []) if teacher else ("not recorded", None, [])
-    terms = [name for name, key in (("RRD", "rrd_weight"), ("KD", "kd_weight")) if float(args.get(key) or 0) > 0]
-    other = args.get("distill_method")
-    if other and float(args.get("distill_weight") or 0) > 0:
-        terms.append(_METHOD_NAMES.get(other, other.upper()))
+    terms = [_METHOD_NAMES.get(term.method, term.method.upper()) for term in objective[1]]
     if not terms:
         return "cross-entropy only (no distillation)", None, []
-    if terms[0] != "RRD" and len(terms) > 1:  # the benchmark's naming: CRD+KD, DKD+KD... the other method first
-        terms = [terms[-1], *terms[:-1]]
+    if "RRD" in terms:  # RRD first (RRD+KD, RRD+DKD), as the paper names its runs
+        terms = ["RRD", *(t for t in terms if t != "RRD")]
+    elif "KD" in terms and len(terms) > 1:  # the benchmark's naming: CRD+KD, DKD+KD... the other method first
+        terms = [*(t for t in terms if t != "KD"), "KD"]
     name = "+".join(terms)
     return name, re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-"), terms
 
@@ -291,32 +301,36 @@ def _hyperparameter_rows(args: dict | None, world_size: int | None, method_slug:
         return []
     a = args.get
     rows: list[tuple[str, str]] = []
-    if method_slug is not None and a("rrd_weight") is not None:
-        loss = f"{_fmt(a('ce_weight'))} · CE + {_fmt(a('kd_weight'))} · KD + {_fmt(a('rrd_weight'))} · RRD"
-        if a("distill_method"):
-            loss += f" + {_fmt(a('distill_weight'))} · {_METHOD_NAMES.get(a('distill_method'), a('distill_method').upper())}"
+    objective = _objective(args)
+    terms = {term.method: term for term in objective[1]} if objective else {}
+    if method_slug is not None and objective is not None:
+        loss = " + ".join([f"{_fmt(objective[0])} · CE"] + [
+            f"{_fmt(term.weight)} · {_METHOD_NAMES.get(term.method, term.method.upper())}" for term in objective[1]])
         rows.append(("loss", loss))
-    if a("distill_method"):
-        rows.append(("distillation method (rrd_hf.methods)", _fmt(a("distill_method"))))
-        if a("distill_kwargs"):
-            rows.append(("method arguments", json.dumps(a("distill_kwargs"), sort_keys=True)))
+    for term in objective[1] if objective else []:
+        if term.method in ("rrd", "kd"):
+            continue
+        rows.append(("distillation method (rrd_hf.methods)", term.method))
+        if term.kwargs:
+            rows.append(("method arguments", json.dumps(term.kwargs, sort_keys=True, default=str)))
         if a("init_epochs") is not None:
             rows.append(("initialisation-stage epochs", _fmt(a("init_epochs"))))
-    if a("rrd_weight"):
+    if "rrd" in terms:
+        options = terms["rrd"].kwargs
         if a("rrd_preset"):
             rows.append(("RRD preset", _fmt(a("rrd_preset"))))
         rows += [
-            ("τ_s (student temperature)", _fmt(a("student_temperature"))),
-            ("τ_t (teacher temperature)", _fmt(a("teacher_temperature"))),
-            ("enqueue order", _fmt(a("enqueue"))),
-            ("memory type", _fmt(a("memory_type"))),
-            ("memory size K", _fmt(a("memory_size"))),
+            ("τ_s (student temperature)", _fmt(options.get("student_temperature"))),
+            ("τ_t (teacher temperature)", _fmt(options.get("teacher_temperature"))),
+            ("enqueue order", _fmt(options.get("enqueue"))),
+            ("memory type", _fmt(options.get("memory_type"))),
+            ("memory size K", _fmt(options.get("memory_size"))),
         ]
-        if a("memory_type") == "momentum":
-            rows.append(("memory momentum", _fmt(a("memory_momentum"))))
-        rows.append(("embedding dim (projection heads)", _fmt(a("embedding_dim"))))
-    if a("kd_weight"):
-        rows.append(("KD temperature T", _fmt(a("kd_temperature"))))
+        if options.get("memory_type") == "momentum":
+            rows.append(("memory momentum", _fmt(options.get("memory_momentum"))))
+        rows.append(("embedding dim (projection heads)", _fmt(options.get("embedding_dim"))))
+    if "kd" in terms:
+        rows.append(("KD temperature T", _fmt(terms["kd"].kwargs.get("temperature", a("kd_temperature")))))
     max_steps = a("max_steps")
     if isinstance(max_steps, int) and max_steps > 0:
         rows.append(("training length", f"{max_steps} optimizer steps"))

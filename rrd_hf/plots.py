@@ -225,9 +225,9 @@ def make_figures(
     `max_samples` caps the evaluation samples (first N, deterministic), `tsne_max_samples` those of the t-SNE (seeded
     random subset), `tsne_classes` restricts the t-SNE to the first N classes when there are more (None: all).
     """
-    from .data import find_dataset_info, infer_dataset_info, load_image_dataset, prepare_dataset
-    from .teacher_inputs import ImageStats, TeacherInputAdapter, image_stats_from_pretrained
-    from .trainer import check_same_labels, load_image_classifier
+    from .data import prepare_dataset, resolve_dataset
+    from .pretrained import load_image_classifier
+    from .teacher import ImageStats, TeacherInputAdapter, check_same_labels, image_stats_from_pretrained
 
     _pyplot()  # fail early, before the forward passes, when matplotlib is missing
     teacher_path = os.fspath(teacher) if isinstance(teacher, (str, os.PathLike)) else None
@@ -238,22 +238,16 @@ def make_figures(
         teacher = load_image_classifier(teacher_path, role="teacher")
     check_same_labels(student, teacher)
 
-    info = find_dataset_info(dataset)
-    source = os.fspath(data_dir) if data_dir is not None else dataset
-    split_name = split or (info.eval_split if info is not None else "test")
-    raw = load_image_dataset(source, split_name, dataset_name=info.name if info is not None else None)
-    info = info or infer_dataset_info(source, dataset=raw)
-    if info is None:
-        raise ValueError(f"{dataset!r} is not a known dataset, so its normalisation is unknown: pass a known name "
-                         "(cifar100, cifar10, tiny-imagenet, stl10) with --data-dir for a local copy.")
+    resolved = resolve_dataset(dataset, data_dir=data_dir, eval_split=split)
+    raw, stats, split_name = resolved.eval, resolved.require_stats(), resolved.eval_split
     if max_samples is not None:
         raw = raw.select(range(min(max_samples, len(raw))))
-    class_names = list(getattr(raw.features.get("label"), "names", None) or info.class_names or []) or None
-    data = prepare_dataset(raw, split_name, train=False, image_size=image_size, stats=info,
-                           num_labels=student.config.num_labels, dataset_name=info.name)
+    class_names = resolved.class_names
+    data = prepare_dataset(raw, split_name, train=False, image_size=image_size, stats=stats,
+                           num_labels=student.config.num_labels)
 
     teacher_stats = image_stats_from_pretrained(teacher_path) or ImageStats()
-    adapter = TeacherInputAdapter(size=teacher_stats.size, student=ImageStats(mean=list(info.mean), std=list(info.std)),
+    adapter = TeacherInputAdapter(size=teacher_stats.size, student=ImageStats(mean=list(stats.mean), std=list(stats.std)),
                                   teacher=teacher_stats)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     s_logits, s_features, labels = logits_and_features(student, data, batch_size=batch_size, device=device,
@@ -266,7 +260,7 @@ def make_figures(
     os.makedirs(output_dir, exist_ok=True)
     s_name, t_name = _name(student, student_path), _name(teacher, teacher_path)
     pretty = {"cifar100": "CIFAR-100", "cifar10": "CIFAR-10", "tiny-imagenet": "Tiny ImageNet", "stl10": "STL-10"}
-    data_name = f"{pretty.get(info.name, info.name)} {split_name}"
+    data_name = f"{pretty.get(resolved.name, resolved.name)} {split_name}"
     corr_path = plot_correlation_difference(
         diff["matrix"], os.path.join(output_dir, CORRELATION_FIGURE), vmax=vmax, dpi=dpi,
         title=f"|M_S − M_T|, student {s_name} vs teacher {t_name}\n{data_name}, max {diff['max_difference']:.2f}, "

@@ -140,8 +140,8 @@ def linear_probe(
     """
     from tqdm.auto import tqdm
 
-    from .data import DeviceAugmentation, InMemoryImageDataset, find_dataset_info, infer_dataset_info, load_image_dataset
-    from .trainer import load_image_classifier
+    from .data import DeviceAugmentation, InMemoryImageDataset, resolve_dataset
+    from .pretrained import load_image_classifier
 
     started = time.time()
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -149,33 +149,28 @@ def linear_probe(
     if isinstance(model, (str, os.PathLike)):
         checkpoint = os.fspath(model)
         model = load_image_classifier(checkpoint, role="checkpoint")
-    info = find_dataset_info(dataset)
+    resolved = resolve_dataset(dataset, data_dir=data_dir, train_split=train_split, eval_split=eval_split)
     source = os.fspath(data_dir) if data_dir is not None else dataset
-    raw = load_image_dataset(source, None, dataset_name=info.name if info is not None else None)
-    info = info or infer_dataset_info(source, dataset=raw)
-    if info is None:
-        raise ValueError(f"{dataset!r} is not a known dataset, so its splits and normalisation are unknown: use one of "
-                         "stl10, tiny-imagenet, cifar10, cifar100 (with --data-dir for a local copy).")
-    train_split, eval_split = train_split or info.train_split, eval_split or info.eval_split
-    for split in (train_split, eval_split):
-        if split not in raw:
-            raise ValueError(f"split {split!r} not in {source!r}; available: {sorted(raw)}.")
-    train_raw = _subset(raw[train_split], max_train_samples, seed)
-    eval_raw = _subset(raw[eval_split], max_eval_samples, seed + 1)
-    train = InMemoryImageDataset.from_dataset(train_raw, image_size, device=device, num_workers=num_workers)
-    evaluation = InMemoryImageDataset.from_dataset(eval_raw, image_size, device=device, num_workers=num_workers)
-    num_classes = len(train.class_names) if train.class_names is not None else info.num_classes
+    stats = resolved.require_stats()
+    train_split, eval_split = resolved.train_split, resolved.eval_split
+    train_raw = _subset(resolved.train, max_train_samples, seed)
+    eval_raw = _subset(resolved.eval, max_eval_samples, seed + 1)
+    train = InMemoryImageDataset.from_dataset(train_raw, image_size, device=device, num_workers=num_workers, stats=stats)
+    evaluation = InMemoryImageDataset.from_dataset(eval_raw, image_size, device=device, num_workers=num_workers,
+                                                   stats=stats)
+    num_classes = len(train.class_names) if train.class_names is not None else resolved.num_labels
 
     head = attach_linear_probe(model, num_classes, module_name=feature_module, std=PROBE_DEFAULTS["init_std"], seed=seed)
     model.to(device)
     lr = default_probe_lr(model) if lr is None else float(lr)
     optimizer = torch.optim.SGD(head.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(milestones), gamma=lr_decay_rate)
-    augment = DeviceAugmentation(info, padding=padding, seed=seed)
+    augment = DeviceAugmentation(stats, padding=padding, seed=seed).to(device)
+    train_ids = train.index.to(device)
     order = torch.Generator().manual_seed(seed)
 
     history = []
-    bar = tqdm(range(1, epochs + 1), desc=f"probe {info.name}", unit="epoch", disable=not progress)
+    bar = tqdm(range(1, epochs + 1), desc=f"probe {resolved.name}", unit="epoch", disable=not progress)
     for epoch in bar:
         model.train(bn_train)  # eval mode keeps the source BatchNorm statistics; train mode adapts them
         epoch_lr = optimizer.param_groups[0]["lr"]
@@ -185,7 +180,8 @@ def linear_probe(
             positions = permutation[start : start + batch_size]
             images = train.images[positions.to(train.images.device)].to(device, non_blocking=True)
             labels = train.labels[positions].to(device, non_blocking=True)
-            logits = model(pixel_values=augment(images, training=True)).logits
+            ids = train_ids[positions.to(train_ids.device)]
+            logits = model(pixel_values=augment(images, training=True, index=ids, epoch=epoch - 1)).logits
             loss = F.cross_entropy(logits.float(), labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -202,7 +198,7 @@ def linear_probe(
     last = history[-1] if history else {}
     return {
         "checkpoint": checkpoint,
-        "dataset": info.name,
+        "dataset": resolved.name,
         "source": source,
         "train_split": train_split,
         "eval_split": eval_split,

@@ -15,6 +15,7 @@ import logging
 import os
 import sys
 from dataclasses import dataclass, field
+from typing import Literal
 
 __all__ = ["ModelArguments", "DataArguments", "parse_recipe", "run", "main"]
 
@@ -42,18 +43,47 @@ class DataArguments:
         default="cifar100",
         metadata={"help": "Known name (cifar100, cifar10, tiny-imagenet, stl10, fashion_mnist), Hub id or local path."},
     )
+    data_dir: str | None = field(
+        default=None,
+        metadata={"help": "Local copy of --dataset (Hub layout, parquet, save_to_disk or imagefolder), read as that "
+                  "dataset: e.g. --dataset cifar100 --data_dir /data/cifar100 offline."},
+    )
     dataset_config: str | None = field(default=None, metadata={"help": "Config name of the dataset repo, if any."})
     train_split: str | None = field(default=None, metadata={"help": "Training split (default: the dataset's)."})
     eval_split: str | None = field(default=None, metadata={"help": "Evaluation split (default: the dataset's)."})
     image_size: int = field(default=32, metadata={"help": "Side length the images are resized to."})
-    device_augmentation: bool = field(
-        default=False,
-        metadata={"help": "Decode once into memory and augment whole batches on the device (the accelerator fast path)."},
+    data_path: Literal["auto", "in_memory", "per_sample"] = field(
+        default="auto",
+        metadata={"help": "in_memory: decode the splits once to uint8 and augment whole batches on the device; "
+                  "per_sample: decode and augment every image in DataLoader workers; auto: in_memory when the decoded "
+                  "train split fits in min(25% of RAM, 8 GiB) per machine. Both give the same images for a seed."},
+    )
+    device_augmentation: bool | None = field(
+        default=None,
+        metadata={"help": "Older name of the data path: true = in_memory, false = per_sample."},
+    )
+    in_memory_device: Literal["auto", "cpu"] = field(
+        default="auto",
+        metadata={"help": "Where the in_memory path keeps the decoded images: auto = the training accelerator when "
+                  "there is one and they take at most a quarter of its memory (then the DataLoader runs without "
+                  "workers and pinning), cpu = host memory (pinned batches, asynchronous copies)."},
     )
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training samples."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N evaluation samples."})
     image_column: str | None = field(default=None, metadata={"help": "Image column, when it cannot be detected."})
     label_column: str | None = field(default=None, metadata={"help": "Label column, when it cannot be detected."})
+
+    def __post_init__(self):
+        if self.data_path not in ("auto", "in_memory", "per_sample"):
+            raise ValueError(f"data_path must be auto, in_memory or per_sample, got {self.data_path!r}.")
+        if self.device_augmentation is not None:
+            alias = "in_memory" if self.device_augmentation else "per_sample"
+            if self.data_path not in ("auto", alias):
+                raise ValueError(
+                    f"device_augmentation={self.device_augmentation} (the older name of data_path={alias}) contradicts "
+                    f"data_path={self.data_path}: keep only data_path."
+                )
+            self.data_path = alias
 
 
 def _parser():
@@ -92,50 +122,75 @@ def parse_recipe(argv: list[str], *, teacher_only: bool = False):
     return parser.parse_args_into_dataclasses(args=argv)
 
 
-def _load_splits(data_args: DataArguments, seed: int):
-    """(train, eval, batch_transform, num_labels, class_names, stats) for the requested data path."""
+def _images_device(data_args: DataArguments, training_args, nbytes: int):
+    """The accelerator the in-memory images go to, or None to keep them in host memory."""
+    import torch
+
+    if training_args is None or data_args.in_memory_device == "cpu":
+        return None
+    device = training_args.device
+    if device.type != "cuda":
+        return None
+    if nbytes > torch.cuda.get_device_properties(device).total_memory // 4:
+        logger.info("decoded images (%.1f MB) kept in host memory: over a quarter of %s", nbytes / 1e6, device)
+        return None
+    return device
+
+
+def _load_splits(data_args: DataArguments, seed: int, training_args=None):
+    """(train, eval, batch_transform, num_labels, class_names, stats) for the chosen data path.
+
+    With ``training_args`` the in-memory images may go to its accelerator (then its DataLoader settings are adjusted:
+    no workers, no pinning) and decoding uses its ``dataloader_num_workers`` processes.
+    """
     from .data import (
         DeviceAugmentation,
         InMemoryImageDataset,
-        find_dataset_info,
-        infer_dataset_info,
-        load_image_dataset,
+        check_labels,
+        choose_data_path,
+        in_memory_budget,
         prepare_dataset,
+        resolve_dataset,
+        uint8_bytes,
     )
 
-    info = find_dataset_info(data_args.dataset) if isinstance(data_args.dataset, str) else None
-    load_kwargs = dict(name=data_args.dataset_config, image_column=data_args.image_column,
-                       label_column=data_args.label_column)
-    raw = load_image_dataset(data_args.dataset, None, **load_kwargs)
-    info = info or infer_dataset_info(data_args.dataset, dataset=next(iter(raw.values())))
-    if info is None:
-        raise ValueError(
-            f"{data_args.dataset!r} is not a known dataset, so its normalisation statistics are unknown: use a known "
-            "name or path layout, or compute them with rrd_hf.data.compute_mean_std and use the Python API."
-        )
-    train_split = data_args.train_split or info.train_split
-    eval_split = data_args.eval_split or info.eval_split
-    for split in (train_split, eval_split):
-        if split not in raw:
-            raise ValueError(f"split {split!r} not in {data_args.dataset!r}; available: {sorted(raw)}.")
+    resolved = resolve_dataset(
+        data_args.dataset, data_dir=data_args.data_dir, name=data_args.dataset_config,
+        train_split=data_args.train_split, eval_split=data_args.eval_split,
+        image_column=data_args.image_column, label_column=data_args.label_column,
+    )
+    stats = resolved.require_stats()
 
     def limit(dataset, n):
         return dataset.select(range(min(n, len(dataset)))) if n is not None else dataset
 
-    train_raw, eval_raw = limit(raw[train_split], data_args.max_train_samples), limit(raw[eval_split], data_args.max_eval_samples)
-    feature = train_raw.features.get("label")
-    class_names = list(getattr(feature, "names", None) or info.class_names or [])
-    num_labels = len(class_names) or info.num_classes
-    if data_args.device_augmentation:
-        train = InMemoryImageDataset.from_dataset(train_raw, data_args.image_size)
-        evaluation = InMemoryImageDataset.from_dataset(eval_raw, data_args.image_size)
-        transform = DeviceAugmentation(info, seed=seed)
-    else:
-        common = dict(image_size=data_args.image_size, stats=info, num_labels=num_labels, dataset_name=info.name)
-        train = prepare_dataset(train_raw, train_split, train=True, with_index=True, seed=seed, **common)
-        evaluation = prepare_dataset(eval_raw, eval_split, train=False, **common)
-        transform = None
-    return train, evaluation, transform, num_labels, class_names, info
+    train_raw = limit(resolved.train, data_args.max_train_samples)
+    eval_raw = limit(resolved.eval, data_args.max_eval_samples)
+    nbytes = uint8_bytes(len(train_raw), data_args.image_size)
+    path = choose_data_path(data_args.data_path, len(train_raw), data_args.image_size)
+    logger.info("data path %s (requested %s): the decoded train split takes %.1f MB, the in-memory budget is %.1f MB",
+                path, data_args.data_path, nbytes / 1e6, in_memory_budget() / 1e6)
+    num_labels, class_names = resolved.num_labels, resolved.class_names or []
+    if path == "in_memory":
+        workers = int(getattr(training_args, "dataloader_num_workers", 0) or 0)
+        device = _images_device(data_args, training_args, nbytes)
+        train = InMemoryImageDataset.from_dataset(train_raw, data_args.image_size, stats=stats, num_workers=workers,
+                                                  device=device)
+        evaluation = InMemoryImageDataset.from_dataset(eval_raw, data_args.image_size, stats=stats,
+                                                       num_workers=workers, device=device)
+        for split in (train, evaluation):
+            check_labels(split, num_labels)
+        if device is not None:  # device tensors can be neither pinned nor shared with loader processes
+            training_args.dataloader_num_workers, training_args.dataloader_pin_memory = 0, False
+            logger.info("decoded images on %s: DataLoader without workers or pinned memory", device)
+        transform = DeviceAugmentation(stats, seed=seed)
+        if device is not None:
+            transform.to(device)
+        return train, evaluation, transform, num_labels, class_names, stats
+    common = dict(image_size=data_args.image_size, stats=stats, num_labels=num_labels)
+    train = prepare_dataset(train_raw, resolved.train_split, train=True, with_index=True, seed=seed, **common)
+    evaluation = prepare_dataset(eval_raw, resolved.eval_split, train=False, **common)
+    return train, evaluation, None, num_labels, class_names, stats
 
 
 def is_zoo_name(name: str) -> bool:
@@ -150,7 +205,7 @@ def is_zoo_name(name: str) -> bool:
 
 def _build_student(model_args: ModelArguments, num_labels: int, class_names: list[str]):
     from .models import build_model
-    from .trainer import load_image_classifier
+    from .pretrained import load_image_classifier
 
     if not model_args.student:
         raise ValueError("no student given: set `student:` in the recipe or pass --student resnet8x4 (or a path).")
@@ -171,10 +226,14 @@ def run(model_args: ModelArguments, data_args: DataArguments, config, *, teacher
 
     if teacher_only and config.needs_teacher:
         raise ValueError(
-            f"train-teacher trains with cross-entropy only, but the recipe sets kd_weight={config.kd_weight} and "
-            f"rrd_weight={config.rrd_weight}: set both to 0 (or use `rrd-hf train` to distil)."
+            f"train-teacher trains with cross-entropy only, but the recipe's objective is {config.describe_objective()}: "
+            "set kd_weight and rrd_weight to 0 and remove distill_method/distill_terms (or use `rrd-hf train`)."
         )
-    train, evaluation, transform, num_labels, class_names, info = _load_splits(data_args, config.seed)
+    train, evaluation, transform, num_labels, class_names, info = _load_splits(data_args, config.seed, config)
+    # The student's initial weights come from the seed: the same recipe and seed give the same run.
+    from transformers.trainer_utils import enable_full_determinism, set_seed
+
+    (enable_full_determinism if config.full_determinism else set_seed)(config.seed)
     student, from_zoo = _build_student(model_args, num_labels, class_names)
     if student.config.num_labels != num_labels:
         raise ValueError(
@@ -194,7 +253,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, config, *, teacher
     trainer.save_model()
     results = {
         "dataset": data_args.dataset, "student": model_args.student, "teacher": config.teacher_model_name_or_path,
-        "ce_weight": config.ce_weight, "kd_weight": config.kd_weight, "rrd_weight": config.rrd_weight,
+        "ce_weight": config.ce_weight, "loss_terms": [term.to_dict() for term in config.loss_terms],
+        "objective": config.describe_objective(),
         "seed": config.seed, "global_step": trainer.state.global_step,
         "train_runtime": train_output.metrics.get("train_runtime"),
         "train_samples_per_second": train_output.metrics.get("train_samples_per_second"),

@@ -1,151 +1,98 @@
-"""`RRDTrainer`: a `transformers.Trainer` that distils a frozen teacher into the student with CE, KD and RRD."""
+"""`RRDTrainer`: a `transformers.Trainer` that distils a frozen teacher into the student with any weighted list of
+registered distillation methods (RRD by default)."""
 
 from __future__ import annotations
 
-import inspect
+import contextlib
 import logging
 import os
+import shutil
 from collections import defaultdict
 from typing import Any, Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch.nn.parallel import DistributedDataParallel
-from transformers import AutoModelForImageClassification, PreTrainedModel, Trainer, TrainerCallback
+from transformers import PreTrainedModel, Trainer, TrainerCallback
 
+from .checkpoints import (
+    finished_outputs,
+    incomplete_reason,
+    is_complete,
+    latest_complete_checkpoint,
+    list_checkpoints,
+    mark_complete,
+)
 from .config import RRDConfig
-from .features import FeatureTap, HiddenStateTap
+from .data.indexing import index_slots, labels_by_index
+from .features import ActivationReader
+from .guard import FiniteGuard
 from .hub import HubMixin
-from .losses import kd_loss
+from .methods import MethodContext, build_method, method_class
 from .metrics import compute_classification_metrics
-from .rrd import RRDLoss
-from .teacher_inputs import ImageStats, TeacherInputAdapter, image_stats_from_pretrained, image_stats_from_processor
+from .pretrained import load_image_classifier
+from .stages import Stage, init_stages, set_student_mode, stage_training
+from .teacher import ImageStats, build_teacher_input_adapter, check_same_labels, image_stats_from_processor, resolve_teacher
 
-__all__ = ["RRDTrainer", "RRD_STATE_NAME", "load_image_classifier", "check_same_labels"]
+__all__ = ["RRDTrainer", "DISTILL_STATE_NAME", "LEGACY_STATE_NAME"]
 
 logger = logging.getLogger(__name__)
 
-#: File inside each `checkpoint-*` folder with the projection heads and the memory (never in the final model).
-RRD_STATE_NAME = "rrd_state.safetensors"
+#: File inside each `checkpoint-*` folder with every method's state (heads, memories; never in the final model).
+DISTILL_STATE_NAME = "distill_state.safetensors"
+#: Its name before every term was a method; still read when resuming.
+LEGACY_STATE_NAME = "rrd_state.safetensors"
 _BATCH_ONLY_KEYS = ("labels", "index")
+_AUTOCAST_CASTS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Linear)
 
 
-def load_image_classifier(name_or_path: str | os.PathLike, role: str = "teacher", **kwargs) -> PreTrainedModel:
-    """`AutoModelForImageClassification.from_pretrained` with an error that says what to do when it fails."""
-    from . import models as _models  # noqa: F401  (registers rrd_hf's architectures with the Auto classes)
+class _RunCallback(TrainerCallback):
+    """The trainer's own bookkeeping at Trainer's hook points (see each method)."""
 
-    try:
-        return AutoModelForImageClassification.from_pretrained(name_or_path, **kwargs)
-    except (OSError, ValueError) as error:
-        raise OSError(
-            f"could not load the {role} {str(name_or_path)!r} as an AutoModelForImageClassification: {error}\n"
-            f"Pass a local folder written by save_pretrained (or a module), or a Hub id while the Hub is reachable "
-            f"(HF_HUB_OFFLINE must be unset)."
-        ) from error
-
-
-def _label_names(config) -> list[str] | None:
-    id2label = getattr(config, "id2label", None) or {}
-    names = [id2label[i] for i in sorted(id2label)]
-    return None if all(name == f"LABEL_{i}" for i, name in enumerate(names)) else names
-
-
-def check_same_labels(student: PreTrainedModel, teacher: PreTrainedModel) -> None:
-    """Teacher and student must predict the same classes in the same order: fail before training otherwise."""
-    s_config, t_config = getattr(student, "config", None), getattr(teacher, "config", None)
-    if s_config is None or t_config is None:
-        return
-    if s_config.num_labels != t_config.num_labels:
-        raise ValueError(
-            f"the teacher predicts {t_config.num_labels} classes and the student {s_config.num_labels}: distillation "
-            "needs the same label set. Build the student with num_labels equal to the teacher's (and the same "
-            "id2label), or fine-tune the teacher on the student's labels first."
-        )
-    s_names, t_names = _label_names(s_config), _label_names(t_config)
-    if s_names is not None and t_names is not None and s_names != t_names:
-        differing = [i for i, (a, b) in enumerate(zip(s_names, t_names)) if a != b][:5]
-        examples = ", ".join(f"{i}: student {s_names[i]!r} vs teacher {t_names[i]!r}" for i in differing)
-        raise ValueError(
-            f"teacher and student label names differ ({examples}): their id2label must list the same classes in "
-            "the same order, or the teacher's predictions would be attributed to the wrong classes."
-        )
-
-
-def _memory_slots(train_dataset) -> int:
-    """Slots of the momentum memory: one per dataset index (indices may skip rows after a select or shuffle)."""
-    if train_dataset is None or not hasattr(train_dataset, "__len__"):
-        raise ValueError("memory_type='momentum' needs a train_dataset with a length (one slot per sample).")
-    index = getattr(train_dataset, "index", None)  # rrd_hf.data.InMemoryImageDataset
-    if isinstance(index, torch.Tensor) and index.numel():
-        return int(index.max()) + 1
-    column_names = getattr(train_dataset, "column_names", None) or []
-    if "index" in column_names:  # a datasets.Dataset: read the column without running the transform
-        values = train_dataset.with_format("numpy")["index"]
-        return int(max(values)) + 1 if len(values) else 0
-    return len(train_dataset)
-
-
-def _dataset_labels(train_dataset, num_slots: int) -> torch.Tensor | None:
-    """The label of every dataset index (CRD draws its negatives from other classes), when cheaply readable."""
-    labels = getattr(train_dataset, "labels", None)
-    index = getattr(train_dataset, "index", None)
-    if not (isinstance(labels, torch.Tensor) and isinstance(index, torch.Tensor)):
-        column_names = getattr(train_dataset, "column_names", None) or []
-        if not {"label", "index"} <= set(column_names) and not {"labels", "index"} <= set(column_names):
-            return None
-        table = train_dataset.with_format("numpy")
-        labels = torch.as_tensor(table["label" if "label" in column_names else "labels"])
-        index = torch.as_tensor(table["index"])
-    out = torch.full((num_slots,), -1, dtype=torch.long)
-    out[index.long()] = labels.long()
-    return out
-
-
-class _DistillerCallback(TrainerCallback):
-    """Trainer zeroes only the student's gradients (`model.zero_grad()`): clear the distillation modules' at every
-    step's start, or they would accumulate across optimizer steps; and tell them the epoch (DKD's warm-up)."""
-
-    def __init__(self, modules: nn.ModuleDict):
-        self.modules = modules
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        self.modules.zero_grad(set_to_none=True)
-
-    def on_epoch_begin(self, args, state, control, **kwargs):
-        for module in self.modules.values():
-            if hasattr(module, "set_epoch"):
-                module.set_epoch(int(round(state.epoch or 0)) + 1)
-
-
-class _InitStageHistory(TrainerCallback):
-    """`train()` starts a fresh `TrainerState`: put the init stage's per-epoch losses at the front of its history."""
-
-    def __init__(self, history: list[dict]):
-        self.history = history
+    def __init__(self, trainer: "RRDTrainer"):
+        self.trainer = trainer
 
     def on_train_begin(self, args, state, control, **kwargs):
-        if self.history and not any("init_stage_loss" in log for log in state.log_history):
-            state.log_history[:0] = [{**log, "step": 0} for log in self.history]
+        trainer = self.trainer
+        trainer.methods.train()
+        trainer.guard.reset(state.global_step)
+        if trainer.stage is None and trainer.init_stage_history and not any(
+                "init_stage_loss" in log for log in state.log_history):
+            state.log_history[:0] = [dict(log) for log in trainer.init_stage_history]
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.trainer.begin_epoch(state.global_step)
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        # Trainer zeroes only the student's gradients: the methods' would accumulate across optimizer steps.
+        self.trainer.methods.zero_grad(set_to_none=True)
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        self.trainer.check_finite_before_step()
 
 
 class RRDTrainer(HubMixin, Trainer):
-    """Distil a frozen `teacher_model` into `model` (the student) with Relational Representation Distillation.
+    """Distil a frozen `teacher_model` into `model` (the student) with the objective of `args` ([`RRDConfig`]).
 
-    The loss is `ce_weight · CE + kd_weight · KD + rrd_weight · RRD` (see [`RRDConfig`]). The student is the Trainer's
-    `model`, so saving, pushing, resuming and evaluation are those of any `Trainer`; the projection heads and the
-    memory live in `self.rrd`, share the student's optimizer, scheduler, gradient clipping and DDP synchronisation,
-    and are stored in every checkpoint as `rrd_state.safetensors` (never in `save_model`'s folder). The teacher is
-    a plain attribute: frozen, always in eval mode, run under `no_grad` and the student's autocast, never saved.
+    The loss is `ce_weight · CE + Σ weight · method` over `args.loss_terms` (RRD alone by default). The student is
+    the Trainer's `model`, so saving, pushing, resuming and evaluation are those of any `Trainer`; each method's
+    trainable parts and state live in `self.methods`, share the student's optimizer, scheduler, gradient clipping
+    and DDP synchronisation, and are stored in every checkpoint as `distill_state.safetensors` (never in
+    `save_model`'s folder). The teacher is a plain attribute: frozen, always in eval mode, run under `no_grad` and
+    the student's autocast, never saved. Two-stage methods first run their init stage through the same loop.
     `push_to_hub()` uploads only the clean student with an honest model card (`rrd_hf.hub`).
 
     Args:
         model: the student (`PreTrainedModel`, or a local path / Hub id of an `AutoModelForImageClassification`).
         teacher_model: the teacher (module, local path or Hub id); defaults to `args.teacher_model_name_or_path`.
-            Not needed when `kd_weight == rrd_weight == 0`.
-        batch_transform: optional `callable(pixel_values, training) -> pixel_values` applied on the device to every
-            batch, e.g. `rrd_hf.data.DeviceAugmentation` for augmentation on the accelerator.
+            Not needed when the objective is cross-entropy alone.
+        batch_transform: optional device-side transform called on every batch once on the device as
+            `batch_transform(pixel_values, training, index=..., epoch=...)`, e.g. `rrd_hf.data.DeviceAugmentation`.
+        teacher_processing_class: the teacher's image processor, when neither its folder nor its config says what
+            input size and normalisation it expects.
         The other arguments are those of `transformers.Trainer`; `compute_metrics` defaults to top-1/top-5 accuracy.
     """
 
@@ -168,8 +115,9 @@ class RRDTrainer(HubMixin, Trainer):
         optimizers=(None, None),
         optimizer_cls_and_kwargs=None,
         preprocess_logits_for_metrics=None,
-        batch_transform: Callable[[torch.Tensor, bool], torch.Tensor] | None = None,
+        batch_transform: Callable | None = None,
         teacher_model_init_kwargs: dict[str, Any] | None = None,
+        teacher_processing_class=None,
     ):
         if args is None:
             args = RRDConfig(output_dir="rrd_output")
@@ -182,8 +130,7 @@ class RRDTrainer(HubMixin, Trainer):
             raise ValueError("RRDTrainer needs the student as `model` (a PreTrainedModel, local path or Hub id).")
         if isinstance(model, (str, os.PathLike)):
             model = load_image_classifier(model, role="student")
-
-        teacher = self._resolve_teacher(teacher_model, args, teacher_model_init_kwargs or {})
+        teacher = resolve_teacher(teacher_model, args, teacher_model_init_kwargs or {})
         if teacher is not None:
             check_same_labels(model, teacher)
 
@@ -201,120 +148,81 @@ class RRDTrainer(HubMixin, Trainer):
             preprocess_logits_for_metrics=preprocess_logits_for_metrics,
         )
         self.model_accepts_loss_kwargs = False
-        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
-            raise NotImplementedError(
-                "RRDTrainer supports one process and DDP (accelerate MULTI_GPU / torchrun). FSDP and DeepSpeed shard "
-                "only the Trainer's model, so the projection heads and the memory would be left out: use DDP."
-            )
-        self.args.check_memory_size(self.accelerator.num_processes)
+        self._refuse_unsupported_setups()
+        if isinstance(batch_transform, nn.Module):
+            batch_transform = batch_transform.to(self.args.device)  # once, not per step
         self.batch_transform = batch_transform
-        self._loss_terms: dict[str, list[torch.Tensor]] = defaultdict(list)
-        self._update_steps_per_epoch: int | None = None
-
-        self.teacher = None
-        self.teacher_input_adapter = None
-        # Trainable/stateful parts of the losses: optimised with the student, checkpointed, DDP-synchronised.
-        self.distillers = nn.ModuleDict()
-        self.rrd: RRDLoss | None = None
-        self.method = None
-        self._wrapped: dict[str, nn.Module] = {}
-        self._student_tap = self._teacher_tap = None
-        self._hidden_taps: dict[str, HiddenStateTap] = {}
-        self._init_stage_done = False
-        self.init_stage_history: list[dict] = []  # also copied to the front of state.log_history
+        self.ce_weight, self.loss_terms = self.args.objective()
+        logger.info("objective: %s", self.args.describe_objective())
+        classes = [method_class(term.method) for term in self.loss_terms]
+        needs = {flag: any(getattr(cls, flag) for cls in classes)
+                 for flag in ("needs_features", "needs_hidden_states", "needs_preact")}
+        reader_options = dict(features=needs["needs_features"], hidden_states=needs["needs_hidden_states"],
+                              preact=needs["needs_preact"])
+        self.student_reader = ActivationReader(self.model, "student", **reader_options,
+                                               feature_module=self.args.student_feature_module,
+                                               hidden_modules=self.args.student_hidden_modules)
+        self.teacher = self.teacher_reader = self.teacher_input_adapter = None
         if teacher is not None:
             self.teacher = teacher.eval().requires_grad_(False).to(self.args.device)
-            self.teacher_input_adapter = self._build_teacher_input_adapter(processing_class).to(self.args.device)
-        if self.args.rrd_weight > 0 or self.args.distill_method is not None:
-            self._student_tap = FeatureTap(self.model, self.args.student_feature_module)
-            self._teacher_tap = FeatureTap(self.teacher, self.args.teacher_feature_module)
-        for role, model, names in (("student", self.model, self.args.student_hidden_modules),
-                                   ("teacher", self.teacher, self.args.teacher_hidden_modules)):
-            if names:
-                self._hidden_taps[role] = HiddenStateTap(model, names)
-        if self.args.rrd_weight > 0:
-            self.rrd = self.distillers["rrd"] = self._build_rrd(train_dataset)
-        if self.args.distill_method is not None:
-            self.method = self.distillers[self.args.distill_method] = self._build_method(train_dataset)
-        if len(self.distillers):
-            self.distillers.to(self.args.device)
-            self.add_callback(_DistillerCallback(self.distillers))
-        if self.method is not None and self.method.init_stage is not None:
-            self.add_callback(_InitStageHistory(self.init_stage_history))
+            self._cast_teacher_for_autocast()
+            self.teacher_reader = ActivationReader(self.teacher, "teacher", **reader_options,
+                                                   feature_module=self.args.teacher_feature_module,
+                                                   hidden_modules=self.args.teacher_hidden_modules)
+            student_stats = image_stats_from_processor(processing_class) or ImageStats()
+            self.teacher_input_adapter = build_teacher_input_adapter(
+                self.teacher, student_stats, self.args, teacher_processing_class).to(self.args.device)
+        # Trainable/stateful parts of the methods: optimised with the student, checkpointed, DDP-synchronised.
+        self.methods = nn.ModuleDict()
+        self.context: MethodContext | None = None
+        self.guard = FiniteGuard(self.args.device, defers=False)
+        self.stage: Stage | None = None
+        self._stage_parameters: list[nn.Parameter] = []
+        self._init_stages_done = False
+        self.init_stage_history: list[dict] = []  # also copied to the front of state.log_history
+        self._wrapped: dict[str, nn.Module] = {}
+        self._loss_terms: dict[str, list[torch.Tensor]] = defaultdict(list)
+        self._update_steps_per_epoch: int | None = None
+        self._in_training_step = False
+        self._augmentation_epoch = 0
+        if self.loss_terms and train_dataset is not None:
+            self._build_methods(train_dataset)
+        self.run_callback = _RunCallback(self)
+        self.add_callback(self.run_callback)
 
     # ----------------------------------------------------------------------------------------------- construction
 
-    @staticmethod
-    def _resolve_teacher(teacher_model, args: RRDConfig, init_kwargs: dict) -> nn.Module | None:
-        teacher_model = teacher_model if teacher_model is not None else args.teacher_model_name_or_path
-        if not args.needs_teacher:
-            if teacher_model is not None:
-                logger.warning("no loss uses the teacher (kd_weight = rrd_weight = 0, no distill_method): it is ignored.")
-            return None
-        if teacher_model is None:
+    def _refuse_unsupported_setups(self) -> None:
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            raise NotImplementedError(
+                "RRDTrainer supports one process and DDP (accelerate MULTI_GPU / torchrun). FSDP and DeepSpeed shard "
+                "only the Trainer's model, so the methods' heads and memories would be left out: use DDP."
+            )
+        if self.args.n_gpu > 1:
             raise ValueError(
-                f"kd_weight={args.kd_weight}, rrd_weight={args.rrd_weight}, distill_method={args.distill_method} need a "
-                "teacher: pass teacher_model= "
-                "(a module, a local folder or a Hub id) or set teacher_model_name_or_path in the config."
+                f"{self.args.n_gpu} GPUs are visible to one process, so Trainer would use nn.DataParallel, whose "
+                "replicas share the feature hooks: run one process per GPU with `accelerate launch --multi_gpu "
+                "--num_processes N -m rrd_hf.train RECIPE` (recipes/accelerate/multi_gpu.yaml), or make one GPU "
+                "visible (CUDA_VISIBLE_DEVICES=0, recipes/accelerate/single_gpu.yaml)."
             )
-        if isinstance(teacher_model, (str, os.PathLike)):
-            return load_image_classifier(teacher_model, role="teacher", **init_kwargs)
-        if not isinstance(teacher_model, nn.Module):
-            raise TypeError(f"teacher_model must be a module, a path or a Hub id, got {type(teacher_model).__name__}.")
-        return teacher_model
+        if self.args.fp16 and self.args.device.type == "cpu":
+            raise ValueError("fp16 needs a CUDA device; on CPU it would do nothing. Use bf16=True (CPU autocast) or "
+                             "train in float32.")
 
-    def _build_rrd(self, train_dataset) -> RRDLoss:
-        args = self.args
-        num_samples = _memory_slots(train_dataset) if args.memory_type == "momentum" else None
-        # Seeded in a forked RNG: identical heads on every process, and the global random stream is left as is.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(args.seed)
-            return RRDLoss(
-                student_dim=self._student_tap.dim,
-                teacher_dim=self._teacher_tap.dim,
-                embedding_dim=args.embedding_dim,
-                memory_size=args.memory_size,
-                student_temperature=args.student_temperature,
-                teacher_temperature=args.teacher_temperature,
-                enqueue=args.enqueue,
-                memory_type=args.memory_type,
-                num_samples=num_samples,
-                memory_momentum=args.memory_momentum,
-                seed=args.seed,
-            )
-
-    def _build_method(self, train_dataset):
-        from .methods import METHODS, build_method
-
-        args = self.args
-        cls = METHODS[args.distill_method]
-        if cls.needs_preact:
-            for role, model in (("student", self.model), ("teacher", self.teacher)):
-                if role not in self._hidden_taps and "preact" not in inspect.signature(model.forward).parameters:
-                    raise ValueError(
-                        f"{args.distill_method} needs pre-activation feature maps (forward(..., preact=True)), which "
-                        f"the {role} {type(model).__name__} does not provide; rrd_hf.models architectures do."
-                    )
-        kwargs = dict(args.distill_kwargs or {})
-        if args.init_epochs is not None and "init_epochs" in inspect.signature(cls.__init__).parameters:
-            kwargs.setdefault("init_epochs", args.init_epochs)  # FitNet's hint stage is off unless asked for
-        num_samples = _memory_slots(train_dataset) if cls.needs_index else None
-        if args.distill_method == "crd":  # negatives from the other classes (the benchmark's), drawn from the seed
-            kwargs.setdefault("seed", args.seed)
-            if "dataset_labels" not in kwargs:
-                kwargs["dataset_labels"] = _dataset_labels(train_dataset, num_samples)
-        student_example, teacher_example = self._example_outputs(train_dataset, cls)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(args.seed)
-            method = build_method(args.distill_method, student_example, teacher_example, num_samples=num_samples, **kwargs)
-        method.process_index = self.args.process_index
-        return method
+    def _cast_teacher_for_autocast(self) -> None:
+        """Under bf16/fp16 autocast, convolutions and linear layers run in half precision: cast the frozen teacher's
+        weights once instead of at every step (the same values autocast would produce)."""
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(str(self.accelerator.mixed_precision))
+        if dtype is not None:
+            for module in self.teacher.modules():
+                if isinstance(module, _AUTOCAST_CASTS):
+                    module.to(dtype)
 
     @torch.no_grad()
-    def _example_outputs(self, train_dataset, method_cls):
-        """Outputs of both models on a dummy batch shaped like the training data (eval mode: BN untouched)."""
+    def _example_activations(self, train_dataset):
+        """Activations of both models on a dummy batch shaped like the training data (eval mode: BN untouched)."""
         if train_dataset is None or not len(train_dataset):
-            raise ValueError(f"distill_method={self.args.distill_method!r} needs a train_dataset to infer its shapes.")
+            raise ValueError(f"the objective {self.args.describe_objective()} needs a train_dataset to size its methods.")
         sample = torch.as_tensor(train_dataset[0]["pixel_values"])
         # Random, not constant, images: a method inspecting its example maps (AB checks they are pre-ReLU) must see
         # realistic values. Seeded, so every process builds the same shapes and checks.
@@ -325,64 +233,49 @@ class RRDTrainer(HubMixin, Trainer):
             pixel_values = torch.randn((2, *sample.shape), generator=generator)
         pixel_values = pixel_values.to(self.args.device)
         if self.batch_transform is not None:
-            pixel_values = self.batch_transform(pixel_values, False)
+            pixel_values = self.batch_transform(pixel_values, False, index=torch.arange(2, device=pixel_values.device))
         pixel_values = pixel_values.float()
         examples = []
-        for role, model, adapt in (("student", self.model, None), ("teacher", self.teacher, self.teacher_input_adapter)):
+        for model, reader, adapt in ((self.model, self.student_reader, None),
+                                     (self.teacher, self.teacher_reader, self.teacher_input_adapter)):
             was_training = model.training
             model.eval()
-            output = model(pixel_values=adapt(pixel_values) if adapt is not None else pixel_values,
-                           **self._forward_kwargs(method_cls, role))
+            with self.accelerator.autocast():
+                output = model(pixel_values=adapt(pixel_values) if adapt is not None else pixel_values,
+                               **reader.forward_kwargs)
             model.train(was_training)
-            examples.append(self._model_outputs(role, output))
+            examples.append(reader.read(output))
         return examples
 
-    def _forward_kwargs(self, method_cls, role: str) -> dict:
-        if method_cls is None or not method_cls.needs_hidden_states or role in self._hidden_taps:
-            return {}
-        return {"output_hidden_states": True, **({"preact": True} if method_cls.needs_preact else {})}
-
-    def _model_outputs(self, role: str, output, logits=None):
-        """`ModelOutputs` of the last forward of the student or teacher: logits, tapped features, hidden states."""
-        from .methods import ModelOutputs
-
-        features = (self._student_tap if role == "student" else self._teacher_tap).pop()
-        if role in self._hidden_taps:
-            hidden = self._hidden_taps[role].pop()
-        else:
-            hidden = getattr(output, "hidden_states", None)
-        if hidden is not None and hidden[-1].dim() != 2:  # end with the pooled vector, as rrd_hf.models do
-            hidden = (*hidden, features)
-        return ModelOutputs(output.logits if logits is None else logits, features, hidden)
-
-    def _build_teacher_input_adapter(self, processing_class) -> TeacherInputAdapter:
+    def _build_methods(self, train_dataset) -> None:
         args = self.args
-        teacher_stats = image_stats_from_pretrained(getattr(self.teacher, "name_or_path", None)) or ImageStats()
-        student_stats = (
-            image_stats_from_processor(processing_class)
-            or image_stats_from_pretrained(getattr(self.model, "name_or_path", None))
-            or ImageStats()
+        student, teacher = self._example_activations(train_dataset)
+        classes = [method_class(term.method) for term in self.loss_terms]
+        per_sample = any(cls.uses_index(term.kwargs) or cls.needs_dataset_labels
+                         for cls, term in zip(classes, self.loss_terms))
+        slots = index_slots(train_dataset) if per_sample else None
+        wants_labels = any(cls.needs_dataset_labels for cls in classes)
+        self.context = MethodContext(
+            student=student.detach(), teacher=teacher.detach(), num_samples=slots,
+            dataset_labels=labels_by_index(train_dataset, slots) if wants_labels and slots else None,
+            seed=args.seed, process_index=self.accelerator.process_index,
+            num_processes=self.accelerator.num_processes, train_batch_size=args.per_device_train_batch_size,
+            gather=self.accelerator.gather,
         )
-        size = (args.teacher_image_size, args.teacher_image_size) if args.teacher_image_size else teacher_stats.size
-        teacher = ImageStats(mean=args.teacher_image_mean or teacher_stats.mean, std=args.teacher_image_std or teacher_stats.std)
-        student = ImageStats(mean=args.student_image_mean or student_stats.mean, std=args.student_image_std or student_stats.std)
-        if teacher.mean is not None and student.mean is None:
-            logger.warning(
-                "the teacher expects inputs normalised with mean=%s std=%s, but the student's normalisation is unknown, "
-                "so batches reach the teacher unchanged. Set student_image_mean/student_image_std (or pass the "
-                "student's image processor as processing_class) to renormalise them.", teacher.mean, teacher.std,
-            )
-        adapter = TeacherInputAdapter(size=size, student=student, teacher=teacher)
-        if not adapter.is_identity:
-            logger.info("teacher inputs are adapted on the device: %s", adapter.extra_repr())
-        return adapter
+        for term in self.loss_terms:
+            # Each term from the seed, not the global RNG: identical on every process and across runs.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(args.seed)
+                self.methods[term.name] = build_method(term.method, self.context, **term.kwargs)
+        self.methods.to(args.device)
 
     # ----------------------------------------------------------------------------------------------- the loss
 
     def _prepare_inputs(self, inputs):
         inputs = super()._prepare_inputs(inputs)
         if self.batch_transform is not None and "pixel_values" in inputs:
-            inputs["pixel_values"] = self.batch_transform(inputs["pixel_values"], self.model.training)
+            inputs["pixel_values"] = self.batch_transform(
+                inputs["pixel_values"], self._in_training_step, index=inputs.get("index"), epoch=self._augmentation_epoch)
         return inputs
 
     def _get_dataloader(self, dataset, description, batch_size, sampler_fn=None, is_training=False, dataloader_key=None):
@@ -396,17 +289,17 @@ class RRDTrainer(HubMixin, Trainer):
             self.args.dataloader_drop_last = drop_last
 
     @torch.no_grad()
-    def _teacher_forward(self, pixel_values: torch.Tensor, **kwargs):
+    def _teacher_forward(self, pixel_values: torch.Tensor):
         if self.teacher.training:  # someone called .train() on it: the teacher's BN statistics must never move
             self.teacher.eval()
         with self.accelerator.autocast():
-            return self.teacher(pixel_values=self.teacher_input_adapter(pixel_values), **kwargs)
+            output = self.teacher(pixel_values=self.teacher_input_adapter(pixel_values), **self.teacher_reader.forward_kwargs)
+        return self.teacher_reader.read(output)
 
-    def _distiller(self, name: str) -> nn.Module:
-        """`self.distillers[name]`, DDP-wrapped under data parallelism so its gradients are all-reduced."""
+    def _method(self, name: str) -> nn.Module:
+        """`self.methods[name]`, DDP-wrapped under data parallelism so its gradients are all-reduced."""
         if name not in self._wrapped:
-            module = self.distillers[name]
-            module.gather = self.accelerator.gather
+            module = self.methods[name]
             trainable = any(p.requires_grad for p in module.parameters())
             if trainable and self.accelerator.num_processes > 1 and torch.distributed.is_initialized():
                 # Memories are kept identical by gathering keys, not by DDP: every buffer is left out of DDP's
@@ -418,120 +311,203 @@ class RRDTrainer(HubMixin, Trainer):
                 self._wrapped[name] = module
         return self._wrapped[name]
 
-    def _method_forward_kwargs(self, role: str = "student") -> dict:
-        return self._forward_kwargs(type(self.method) if self.method is not None else None, role)
+    def _active_terms(self) -> tuple[float, list[tuple[str, float]]]:
+        if self.stage is not None:  # an init stage: its method alone, weight 1, no cross-entropy
+            return 0.0, [(self.stage.term, 1.0)]
+        terms = [(term.name, term.weight) for term in self.loss_terms if self.methods[term.name].main_stage_loss]
+        return self.ce_weight, terms
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs["labels"]
-        indices = inputs.get("index")
+        index = inputs.get("index")
         model_inputs = {k: v for k, v in inputs.items() if k not in _BATCH_ONLY_KEYS}
-        outputs = model(**model_inputs, **(self._method_forward_kwargs() if model.training else {}))
+        training = self._in_training_step
+        if training and self.stage is not None:
+            set_student_mode(self.model, self.stage)
+        outputs = model(**model_inputs, **(self.student_reader.forward_kwargs if training else {}))
         logits = outputs.logits
         ce = F.cross_entropy(logits.float(), labels, label_smoothing=self.args.label_smoothing_factor)
-
-        if not model.training:  # evaluation: plain CE of the student; no teacher pass, no memory update
-            for tap in (self._student_tap, self._hidden_taps.get("student")):
-                if tap is not None:
-                    tap.clear()
+        if not training:  # evaluation: plain CE of the student; no teacher pass, no memory update
+            self.student_reader.clear()
             return (ce, outputs) if return_outputs else ce
 
-        args = self.args
-        terms = {"loss_ce": ce}
-        loss = args.ce_weight * ce
-        if self.teacher is not None:
-            teacher_outputs = self._teacher_forward(model_inputs["pixel_values"], **self._method_forward_kwargs("teacher"))
-            teacher_logits = teacher_outputs.logits
-            if args.kd_weight > 0:
-                terms["loss_kd"] = kd_loss(logits, teacher_logits, args.kd_temperature)
-                loss = loss + args.kd_weight * terms["loss_kd"]
-            if self._student_tap is not None:
-                student = self._model_outputs("student", outputs, logits)
-                teacher = self._model_outputs("teacher", teacher_outputs)
-            if self.rrd is not None:
-                self.rrd.train()
-                terms["loss_rrd"] = self._distiller("rrd")(student.features, teacher.features, indices)
-                loss = loss + args.rrd_weight * terms["loss_rrd"]
-            if self.method is not None and self.method.main_stage_loss:
-                self.method.train()
-                name = args.distill_method
-                terms[f"loss_{name}"] = self._distiller(name)(student, teacher, index=indices, labels=labels)
-                loss = loss + args.distill_weight * terms[f"loss_{name}"]
-        for name, value in terms.items():
+        ce_weight, terms = self._active_terms()
+        values = {"loss_ce": ce}
+        loss = ce_weight * ce
+        if terms:
+            student = self.student_reader.read(outputs, logits)
+            teacher = self._teacher_forward(model_inputs["pixel_values"])
+            for name, weight in terms:
+                method = self._method(name)
+                sync = isinstance(method, DistributedDataParallel) and not self.accelerator.sync_gradients
+                with method.no_sync() if sync else contextlib.nullcontext():  # all-reduce once per optimizer step
+                    values[f"loss_{name}"] = method(student, teacher, index=index, labels=labels)
+                loss = loss + weight * values[f"loss_{name}"]
+        else:
+            self.student_reader.clear()
+        if self.args.check_finite:
+            self.guard.observe(values, model_inputs.get("pixel_values"))
+        for name, value in values.items():
             self._loss_terms[name].append(value.detach().float())
         return (loss, outputs) if return_outputs else loss
 
-    def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
-        # Two-stage methods (AB, FT, FSP, ...) first train their init-stage parameters on their own loss. A resumed
-        # run skips it: the checkpoint already holds its result.
-        method = self.method
-        if method is not None and method.init_stage is not None and not resume_from_checkpoint and not self._init_stage_done:
-            epochs = self.args.init_epochs if self.args.init_epochs is not None else method.init_stage.epochs
-            if epochs > 0:
-                self._run_init_stage(epochs)
-            self._init_stage_done = True
-        return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial,
-                             ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
-
-    def _run_init_stage(self, epochs: int) -> None:
-        """RepDistiller's `init()`: SGD (momentum 0.9) on the method's loss alone, teacher in eval mode."""
-        from tqdm.auto import tqdm
-
-        method, stage, args = self.method, self.method.init_stage, self.args
-        params = method.begin_init_stage(self.model)
-        optimizer = torch.optim.SGD(params, lr=stage.learning_rate or args.learning_rate, momentum=0.9,
-                                    weight_decay=args.weight_decay)
-        loader = self.get_train_dataloader()
-        world_size = self.accelerator.num_processes
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        self._in_training_step = True
         try:
-            self.model.train(stage.trains_student)
-            method.train()
-            for epoch in range(epochs):
-                total, batches = torch.zeros((), device=self.args.device), 0
-                description = f"{args.distill_method} init stage {epoch + 1}/{epochs}"
-                for batch in tqdm(loader, desc=description, disable=args.disable_tqdm or not self.is_local_process_zero()):
-                    inputs = Trainer._prepare_inputs(self, batch)
-                    pixel_values = inputs["pixel_values"]
-                    if self.batch_transform is not None:
-                        pixel_values = self.batch_transform(pixel_values, True)
-                    with self.accelerator.autocast():
-                        output = self.model(pixel_values=pixel_values, **self._method_forward_kwargs("student"))
-                    student = self._model_outputs("student", output)
-                    teacher_output = self._teacher_forward(pixel_values, **self._method_forward_kwargs("teacher"))
-                    teacher = self._model_outputs("teacher", teacher_output)
-                    loss = method(student, teacher, index=inputs.get("index"), labels=inputs.get("labels"))
-                    loss.backward()
-                    if world_size > 1:  # keep the processes identical, as DDP would
-                        for param in params:
-                            if param.grad is not None:
-                                torch.distributed.all_reduce(param.grad)
-                                param.grad /= world_size
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    total, batches = total + loss.detach().float(), batches + 1
-                mean = self.accelerator.reduce(total / max(batches, 1), reduction="mean").item()
-                self.init_stage_history.append({"init_stage_loss": mean, "init_stage_epoch": epoch + 1})
-                logger.info("%s init stage epoch %d/%d: loss %.4f", args.distill_method, epoch + 1, epochs, mean)
+            return super().training_step(model, inputs, num_items_in_batch)
         finally:
-            method.end_init_stage()
-            self.model.zero_grad(set_to_none=True)
+            self._in_training_step = False
+
+    def begin_epoch(self, global_step: int) -> None:
+        """Tell the methods (DKD's warm-up) and the data (stateless augmentation) which epoch starts."""
+        from .data import set_epoch
+
+        epoch = global_step // max(self._update_steps_per_epoch or 1, 1)  # as Trainer computes it on resume
+        offset = self.stage.augmentation_epoch_offset if self.stage is not None else 0
+        self._augmentation_epoch = offset + epoch
+        if self.context is not None and self.stage is None:
+            self.context.epoch = epoch + 1
+        set_epoch(self.train_dataset, self._augmentation_epoch)
+
+    def check_finite_before_step(self) -> None:
+        if not self.args.check_finite:
+            return
+        scaler = getattr(self.accelerator, "scaler", None)
+        modules = {"": self.model, **dict(self.methods.items())}
+        flag = self.guard.check_step(modules, check_gradients=scaler is None)  # fp16: GradScaler skips inf steps
+        optimizer = getattr(self.optimizer, "optimizer", self.optimizer)
+        if self.guard.defers and scaler is None:
+            optimizer.found_inf = flag.float()  # the fused step becomes a no-op on the device; raised at the next sync
+        else:
+            self.guard.raise_if_tripped()
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if self.args.check_finite:
+            self.guard.raise_if_tripped()
         # Training logs get the mean of each loss term since the last log, averaged over processes.
         if "loss" in logs and self._loss_terms:
             for name, values in self._loss_terms.items():
-                mean = torch.stack(values).mean()
-                logs[name] = self.accelerator.reduce(mean, reduction="mean").item()
+                logs[name] = self.accelerator.reduce(torch.stack(values).mean(), reduction="mean").item()
             self._loss_terms.clear()
+        if self.stage is not None:  # init-stage logs are kept apart from the main stage's
+            logs = self._stage_log(logs)
+            if logs is None:
+                return
         super().log(logs, start_time)
+
+    def _stage_log(self, logs: dict) -> dict | None:
+        stage = self.stage
+        if "loss" not in logs:
+            return None  # the stage's end-of-training summary
+        entry = {"init_stage": stage.term, "init_stage_epoch": round(self.state.epoch or 0),
+                 "init_stage_loss": logs["loss"]}
+        self.init_stage_history.append(entry)
+        logger.info("%s init stage epoch %d/%d: loss %.4f", stage.term, entry["init_stage_epoch"], stage.epochs,
+                    entry["init_stage_loss"])
+        return entry
+
+    # ----------------------------------------------------------------------------------------------- training
+
+    def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
+        resume = self._resolve_resume(resume_from_checkpoint)
+        if resume is None:
+            self._refuse_overwrite()
+        if self.loss_terms and not len(self.methods):
+            self._build_methods(self.train_dataset)
+        self._check_batches()
+        # Two-stage methods (AB, FT, FSP, ...) first train their init-stage parameters on their own loss. A resumed
+        # run skips them: the checkpoint already holds their result.
+        if resume is None and not self._init_stages_done:
+            for stage in init_stages(dict(self.methods.items()), self.args.init_epochs, self.args.learning_rate):
+                with stage_training(self, stage):
+                    super().train(trial=trial, **kwargs)
+            self._init_stages_done = True
+        output = super().train(resume_from_checkpoint=resume, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval,
+                               **kwargs)
+        if self.args.check_finite:
+            self.guard.raise_if_tripped()
+        return output
+
+    def enter_stage(self, stage: Stage, parameters: list[nn.Parameter]) -> None:
+        """Called by `stages.stage_training`: the next `train()` call runs `stage`."""
+        self.stage, self._stage_parameters = stage, parameters
+        self._reset_for_new_loop()
+
+    def leave_stage(self) -> None:
+        self.stage, self._stage_parameters = None, []
+        self._reset_for_new_loop()
+
+    def _reset_for_new_loop(self) -> None:
+        """A fresh optimizer, scheduler and wrapping for the next loop (the parameters that train changed)."""
+        self.optimizer = self.lr_scheduler = None
+        self.model_wrapped = self.model
+        self._wrapped = {}
+        self._loss_terms.clear()
+
+    def _resolve_resume(self, resume_from_checkpoint) -> str | None:
+        if resume_from_checkpoint in (None, False, ""):
+            return None
+        if resume_from_checkpoint is True or resume_from_checkpoint == "latest":
+            path = latest_complete_checkpoint(self.args.output_dir)
+            if path is None:
+                logger.info("no complete checkpoint in %s: starting a new run.", self.args.output_dir)
+            return path
+        path = os.fspath(resume_from_checkpoint)
+        if not os.path.isdir(path):
+            raise FileNotFoundError(f"resume_from_checkpoint={path!r} is not a folder: give a checkpoint-N folder of "
+                                    "this run, or 'latest' for the newest complete one.")
+        reason = incomplete_reason(path)
+        if reason is not None:
+            raise ValueError(f"{path} is not a complete checkpoint ({reason}): resume from 'latest', which picks the "
+                             "newest complete checkpoint.")
+        return path
+
+    def _refuse_overwrite(self) -> None:
+        output_dir = self.args.output_dir
+        found = finished_outputs(output_dir)
+        if not found:
+            return
+        if not self.args.overwrite_output_dir:
+            raise FileExistsError(
+                f"{output_dir} already holds a run ({'; '.join(found)}). Resume it with resume_from_checkpoint='latest' "
+                "(--resume_from_checkpoint latest), choose another output_dir, or pass overwrite_output_dir=True "
+                "(--overwrite_output_dir) to replace it."
+            )
+        if self.is_world_process_zero():
+            for _, path in list_checkpoints(output_dir):  # old checkpoints must not mix with the new run's
+                shutil.rmtree(path)
+            logger.warning("overwrite_output_dir: replacing the run in %s (%s).", output_dir, "; ".join(found))
+        self.accelerator.wait_for_everyone()
+
+    def _check_batches(self) -> None:
+        dataset = self.train_dataset
+        if dataset is None or not hasattr(dataset, "__len__"):
+            return
+        global_batch = self.args.per_device_train_batch_size * self.accelerator.num_processes
+        if self.args.dataloader_drop_last and len(dataset) < global_batch:
+            raise ValueError(
+                f"the training set has {len(dataset)} samples, fewer than one batch ({global_batch} = "
+                f"{self.args.per_device_train_batch_size} per device x {self.accelerator.num_processes} processes) and "
+                "dataloader_drop_last drops it: lower per_device_train_batch_size or use more data."
+            )
 
     # ----------------------------------------------------------------------------------------------- optimisation
 
     def create_optimizer(self, model=None):
-        if self.optimizer is None and len(self.distillers):
-            # One optimizer for student and heads: same LR schedule, same fp16 unscaling, resumable as one state.
-            container = nn.ModuleDict({"student": model if model is not None else self.model, "distill": self.distillers})
-            return super().create_optimizer(container)
-        return super().create_optimizer(model)
+        if self.optimizer is not None:
+            return self.optimizer
+        if self.stage is not None:
+            holder = nn.Module()
+            holder.stage = nn.ParameterList(self._stage_parameters)
+            optimizer = super().create_optimizer(holder)
+        elif len(self.methods):
+            # One optimizer for student and methods: same LR schedule, same fp16 unscaling, resumable as one state.
+            container = nn.ModuleDict({"student": model if model is not None else self.model, "distill": self.methods})
+            optimizer = super().create_optimizer(container)
+        else:
+            optimizer = super().create_optimizer(model)
+        self.guard.defers = _use_fused_step(self.optimizer)
+        return optimizer
 
     def get_decay_parameter_names(self, model: nn.Module) -> list[str]:
         if self.args.decay_all_parameters:
@@ -539,9 +515,9 @@ class RRDTrainer(HubMixin, Trainer):
         return super().get_decay_parameter_names(model)
 
     def _clip_grad_norm(self, model):
-        if not len(self.distillers):
+        if not len(self.methods):
             return super()._clip_grad_norm(model)
-        parameters = [*model.parameters(), *(p for p in self.distillers.parameters() if p.requires_grad)]
+        parameters = [*model.parameters(), *(p for p in self.methods.parameters() if p.requires_grad)]
         return self.accelerator.clip_grad_norm_(parameters, self.args.max_grad_norm)
 
     def set_initial_training_values(self, args, dataloader):
@@ -565,27 +541,88 @@ class RRDTrainer(HubMixin, Trainer):
 
     # ----------------------------------------------------------------------------------------------- checkpoints
 
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
+        if self.args.check_finite:
+            self.guard.raise_if_tripped()  # never save what a non-finite step produced
+        return super().save_model(output_dir, _internal_call)
+
+    def _save_checkpoint(self, model, trial):
+        limit = self.args.save_total_limit
+        self.args.save_total_limit = None  # rotate only once the new checkpoint is complete
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.save_total_limit = limit
+        self.accelerator.wait_for_everyone()  # every process has written its files (rng_state_<rank>.pth ...)
+        run_dir = self._get_output_dir(trial=trial)
+        if self.args.should_save:
+            mark_complete(os.path.join(run_dir, f"checkpoint-{self.state.global_step}"), self.state.global_step)
+            self._rotate_complete_checkpoints(run_dir, limit)
+        self.accelerator.wait_for_everyone()
+
+    def _rotate_complete_checkpoints(self, run_dir: str, limit: int | None) -> None:
+        """Keep the newest `limit` complete checkpoints (and the best one); delete older ones and stale partial ones."""
+        checkpoints = list_checkpoints(run_dir)
+        complete = [path for _, path in checkpoints if is_complete(path)]
+        newest = complete[-1] if complete else None
+        keep = set(complete[-limit:]) if limit else set(complete)
+        if self.state.best_model_checkpoint:
+            keep.add(os.path.join(run_dir, os.path.basename(self.state.best_model_checkpoint)))
+        for step, path in checkpoints:
+            stale_partial = path not in complete and newest is not None and step < int(newest.rsplit("-", 1)[1])
+            if (path in complete and path not in keep) or stale_partial:
+                logger.info("deleting checkpoint %s (save_total_limit=%s)", path, limit)
+                shutil.rmtree(path, ignore_errors=True)
+
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        if self.args.check_finite:
+            self.guard.raise_if_tripped()
         super()._save_optimizer_and_scheduler(output_dir)
-        if len(self.distillers) and self.args.should_save:
-            state = {name: tensor.detach().cpu().contiguous() for name, tensor in self.distillers.state_dict().items()}
-            save_file(state, os.path.join(output_dir, RRD_STATE_NAME), metadata={"format": "pt"})
+        if len(self.methods) and self.args.should_save:
+            state = {name: tensor.detach().cpu().contiguous() for name, tensor in self.methods.state_dict().items()}
+            save_file(state, os.path.join(output_dir, DISTILL_STATE_NAME), metadata={"format": "pt"})
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         super()._load_optimizer_and_scheduler(checkpoint)
-        if checkpoint is None or not len(self.distillers):
+        if checkpoint is None or not len(self.methods):
             return
-        path = os.path.join(checkpoint, RRD_STATE_NAME)
-        if not os.path.isfile(path):
+        path = next((os.path.join(checkpoint, name) for name in (DISTILL_STATE_NAME, LEGACY_STATE_NAME)
+                     if os.path.isfile(os.path.join(checkpoint, name))), None)
+        if path is None:
             raise FileNotFoundError(
-                f"{checkpoint} has no {RRD_STATE_NAME}: it was not written by RRDTrainer with these losses, so the "
-                "projection heads and memories cannot be restored and the resumed run would differ from an "
+                f"{checkpoint} has no {DISTILL_STATE_NAME}: it was not written by RRDTrainer with these losses, so the "
+                "methods' heads and memories cannot be restored and the resumed run would differ from an "
                 "uninterrupted one. Resume from a checkpoint of this run, or start a new run (resume_from_checkpoint=None)."
             )
         try:
-            self.distillers.load_state_dict(load_file(path, device=str(self.args.device)))
+            state = load_file(path, device=str(self.args.device))
+        except SafetensorError as error:
+            raise OSError(f"{path} cannot be read ({error}): the file is truncated or corrupt. Resume from another "
+                          "checkpoint ('latest' skips incomplete ones).") from error
+        try:
+            self.methods.load_state_dict(state)
         except RuntimeError as error:
             raise RuntimeError(
-                f"{path} does not match this run's distillation setup (losses, embedding_dim, memory_size, "
-                f"memory_type or the feature sizes changed): {error}"
+                f"{path} does not match this run's objective ({self.args.describe_objective()}; options, embedding "
+                f"sizes, memory sizes or the feature sizes changed): {error}"
             ) from error
+
+
+def _use_fused_step(optimizer) -> bool:
+    """Switch torch SGD/Adam/AdamW to their fused step where supported: one kernel per step, and a `found_inf`
+    that skips the step on the device (see `rrd_hf.guard`). Returns whether the optimizer now honours `found_inf`."""
+    optimizer = getattr(optimizer, "optimizer", optimizer)
+    if type(optimizer) not in (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW):
+        return False
+    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+    supported = _get_fused_kernels_supported_devices()
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    if not params or any(p.device.type not in supported or not p.is_floating_point() for p in params):
+        return False
+    for group in optimizer.param_groups:
+        if group.get("differentiable") or group.get("capturable") and type(optimizer) is torch.optim.SGD:
+            return False
+    for group in optimizer.param_groups:
+        group["fused"], group["foreach"] = True, False
+    return True

@@ -102,7 +102,7 @@ def test_accelerate_launch_runs_a_recipe_like_rrd_hf_train(tmp_path, cifar10_lik
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     results = json.loads((tmp_path / "run" / "results.json").read_text())
-    assert (results["global_step"], results["seed"], results["kd_weight"]) == (2, 3, 1.0)
+    assert (results["global_step"], results["seed"], results["objective"]) == (2, 3, "1·CE + 1·KD + 1·RRD")
     args = torch.load(tmp_path / "run" / "training_args.bin", weights_only=False)
     assert args.weight_decay == 5e-4 and isinstance(args.weight_decay, float)  # YAML's "5e-4" string coerced
 

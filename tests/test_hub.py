@@ -139,7 +139,7 @@ def test_card_metadata_body_and_round_trip(run_dir, tmp_path):
     assert results["accuracy"].task_type == "image-classification"
     for expected in (
         "[me/resnet14-teacher](https://huggingface.co/me/resnet14-teacher)",
-        "| loss | 1 · CE + 0 · KD + 1 · RRD |", "| τ_s (student temperature) | 0.04 |",
+        "| loss | 1 · CE + 1 · RRD |", "| τ_s (student temperature) | 0.04 |",
         "| τ_t (teacher temperature) | 0.1 |", "| enqueue order | after |", "| memory type | fifo |",
         "| memory size K | 16384 |", "| embedding dim (projection heads) | 128 |", "| epochs | 240 |",
         "64 per process × number of processes not recorded", "| optimizer | sgd (momentum=0.9) |",
@@ -191,7 +191,7 @@ def test_other_distillation_methods_are_named_for_what_they_are(run_dir):
     card = build_model_card(run_dir, training_args=args)
     tags, text = card.data.tags, str(card)
     assert "distillation:crd-kd" in tags and "knowledge-distillation" in tags and "rrd" not in tags
-    assert "with **CRD+KD**" in text and "| loss | 1 · CE + 1 · KD + 0 · RRD + 0.8 · CRD |" in text
+    assert "with **CRD+KD**" in text and "| loss | 1 · CE + 1 · KD + 0.8 · CRD |" in text
     assert "τ_s" not in text  # no RRD term: its settings did not matter
 
 
@@ -299,7 +299,7 @@ def test_trainer_push_to_hub_publishes_only_the_clean_student(tmp_path, monkeypa
                  train_dataset=TinyImageDataset(32, size=8, with_index=True), eval_dataset=TinyImageDataset(16, size=8),
                  processing_class=cifar_image_processor())  # 8x8 images: the CIFAR nets pool globally
     trainer.train()
-    assert (out / "checkpoint-2" / "rrd_state.safetensors").is_file() and (out / "checkpoint-2" / RUN_INFO_NAME).is_file()
+    assert (out / "checkpoint-2" / "distill_state.safetensors").is_file() and (out / "checkpoint-2" / RUN_INFO_NAME).is_file()
     checkpoint_pushes = len(api.uploads)
     assert checkpoint_pushes == 2  # steps 2 and 4, each the clean student of its checkpoint
     future = trainer.push_to_hub(commit_message="done", blocking=False, teacher="me/resnet14-teacher",

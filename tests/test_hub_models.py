@@ -9,7 +9,7 @@ from transformers import AutoModelForImageClassification
 
 from helpers import TinyImageDataset, tiny_model
 from rrd_hf import FeatureTap, RRDConfig, RRDTrainer, TeacherInputAdapter
-from rrd_hf.teacher_inputs import ImageStats, image_stats_from_pretrained
+from rrd_hf.teacher import ImageStats, image_stats_from_pretrained
 
 TINY_CONFIGS = {
     "resnet": lambda: transformers.ResNetConfig(num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1],
@@ -86,7 +86,7 @@ def test_vit_teacher_at_its_own_size_and_normalisation_feeds_from_a_small_studen
     trainer.teacher.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["pixel_values"].shape), with_kwargs=True)
     trainer.train()
     assert seen and all(shape[-2:] == (16, 16) for shape in seen)
-    assert trainer.rrd.teacher_head.in_features == 16
+    assert trainer.methods["rrd"].teacher_head.in_features == 16
 
 
 @pytest.mark.parametrize("kind", ["resnet", "convnext"])

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rrd_hf.losses import kd_loss, rrd_loss
+from rrd_hf.methods import kd_loss, rrd_loss
 
 
 def unit(*shape, seed=0, dtype=torch.float32):

@@ -4,7 +4,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rrd_hf import FifoMemory, MomentumMemory, RRDLoss, rrd_loss
+from rrd_hf import Activations, FifoMemory, MethodContext, MomentumMemory, build_method, rrd_loss
+
+
+def acts(features):
+    return Activations(logits=torch.zeros(features.shape[0], 3), features=features)
+
+
+def make_rrd(student_dim, teacher_dim, num_samples=None, **options):
+    context = MethodContext(acts(torch.zeros(2, student_dim)), acts(torch.zeros(2, teacher_dim)), num_samples=num_samples)
+    return build_method("rrd", context, **options)
+
+
+def call(module, student_features, teacher_features, index=None):
+    return module(acts(student_features), acts(teacher_features), index=index)
 
 
 def unit(n, d, seed):
@@ -63,14 +76,14 @@ def test_state_dict_round_trip_continues_identically():
 @pytest.mark.parametrize("enqueue", ["after", "before"])
 def test_enqueue_orders(enqueue):
     torch.manual_seed(0)
-    module = RRDLoss(6, 5, embedding_dim=4, memory_size=16, enqueue=enqueue, student_temperature=0.1,
-                     teacher_temperature=0.05)
+    module = make_rrd(6, 5, embedding_dim=4, memory_size=16, enqueue=enqueue, student_temperature=0.1,
+                      teacher_temperature=0.05)
     s_feat, t_feat = torch.randn(3, 6), torch.randn(3, 5)
     z_s, z_t = module.embed(s_feat, t_feat)
     before = module.memory.keys.clone()
     after = before.clone()
     after[:3] = z_t
-    loss = module(s_feat, t_feat)
+    loss = call(module, s_feat, t_feat)
     expected_memory = after if enqueue == "before" else before
     torch.testing.assert_close(loss, rrd_loss(z_s, z_t, expected_memory, 0.1, 0.05))
     torch.testing.assert_close(module.memory.keys, after)  # enqueued either way
@@ -80,15 +93,15 @@ def test_enqueue_orders(enqueue):
 
 
 def test_teacher_head_is_frozen_and_eval_does_not_touch_memory():
-    module = RRDLoss(6, 5, embedding_dim=4, memory_size=16)
+    module = make_rrd(6, 5, embedding_dim=4, memory_size=16)
     assert not any(p.requires_grad for p in module.teacher_head.parameters())
     assert all(p.requires_grad for p in module.student_head.parameters())
-    module(torch.randn(3, 6), torch.randn(3, 5)).backward()
+    call(module, torch.randn(3, 6), torch.randn(3, 5)).backward()
     assert module.teacher_head.weight.grad is None
     assert module.student_head.weight.grad.abs().sum() > 0
     module.eval()
     keys = module.memory.keys.clone()
-    module(torch.randn(3, 6), torch.randn(3, 5))
+    call(module, torch.randn(3, 6), torch.randn(3, 5))
     torch.testing.assert_close(module.memory.keys, keys)
 
 
@@ -130,7 +143,7 @@ def test_momentum_memory_errors_are_actionable():
 
 
 def test_rrd_loss_module_with_momentum_memory_trains():
-    module = RRDLoss(6, 5, embedding_dim=4, memory_size=8, memory_type="momentum", num_samples=20)
-    loss = module(torch.randn(3, 6), torch.randn(3, 5), torch.tensor([0, 4, 19]))
+    module = make_rrd(6, 5, num_samples=20, embedding_dim=4, memory_size=8, memory_type="momentum")
+    loss = call(module, torch.randn(3, 6), torch.randn(3, 5), torch.tensor([0, 4, 19]))
     loss.backward()
     assert torch.isfinite(loss) and module.memory.num_filled == 3

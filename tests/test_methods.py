@@ -8,15 +8,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from rrd_hf.features import student_feature_modules
 from rrd_hf.methods import (
     METHODS,
+    Activations,
     CRDMemory,
-    ModelOutputs,
+    MethodContext,
     build_method,
     extra_buffer_count,
     extra_parameter_count,
 )
-from rrd_hf.methods.crd import crd_loss, crd_memory_update
+from rrd_hf.methods.crd import crd_loss
+from rrd_hf.methods.memory import momentum_update as crd_memory_update
 from rrd_hf.methods.feature import ab_loss, at_loss, fsp_loss, ft_loss, hint_loss, nst_loss
 from rrd_hf.methods.heads import ConvReg
 from rrd_hf.methods.logit import (
@@ -39,7 +42,7 @@ def one_thread_per_worker():
     torch.set_num_threads(threads)
 
 
-ALL_NAMES = ["kd", "dkd", "kd_ls", "dkd_ls", "fitnet", "at", "sp", "cc", "vid", "rkd", "pkt", "ab", "ft", "fsp", "nst", "crd"]
+ALL_NAMES = ["rrd", "kd", "dkd", "kd_ls", "dkd_ls", "fitnet", "at", "sp", "cc", "vid", "rkd", "pkt", "ab", "ft", "fsp", "nst", "crd"]
 
 
 def randn(*shape, seed=0, scale=1.0):
@@ -462,9 +465,10 @@ def test_crd_negatives_are_seeded_by_seed_counter_and_process():
     assert torch.equal(draw, b.sample_indices(index))
     assert not torch.equal(draw, a.sample_indices(index, process_index=1))
     assert not torch.equal(draw, CRDMemory(40, 8, num_negatives=16, seed=6).sample_indices(index))
-    b.num_updates = torch.tensor(3)
+    # the counter is state: a memory loaded at another count draws differently, at the same count identically
+    b.load_state_dict({**b.state_dict(), "num_updates": torch.tensor(3)})
     assert not torch.equal(draw, b.sample_indices(index))
-    a.num_updates = torch.tensor(3)
+    a.load_state_dict({**a.state_dict(), "num_updates": torch.tensor(3)})
     assert torch.equal(a.sample_indices(index), b.sample_indices(index))
 
 
@@ -484,12 +488,16 @@ def test_crd_other_class_negatives_exclude_the_own_class():
 
 
 def tiny_outputs(features):
-    return ModelOutputs(logits=torch.zeros(features.shape[0], 3), features=features)
+    return Activations(logits=torch.zeros(features.shape[0], 3), features=features)
 
 
-def make_crd(torch_seed=0, n=20, **kwargs):
+def tiny_context(s_dim=6, t_dim=5, **kwargs):
+    return MethodContext(tiny_outputs(torch.zeros(2, s_dim)), tiny_outputs(torch.zeros(2, t_dim)), **kwargs)
+
+
+def make_crd(torch_seed=0, n=20, seed=0, **kwargs):
     torch.manual_seed(torch_seed)
-    return build_method("crd", tiny_outputs(torch.zeros(2, 6)), tiny_outputs(torch.zeros(2, 5)), num_samples=n, **kwargs)
+    return build_method("crd", tiny_context(num_samples=n, seed=seed), **kwargs)
 
 
 def test_crd_module_first_batch_normaliser_and_update():
@@ -573,8 +581,8 @@ def test_crd_state_is_identical_across_processes_and_matches_one_process():
     single.load_state_dict(ranks[0].state_dict())
     gather = ThreadGather(world)
     for rank, module in enumerate(ranks):
-        module.gather = gather.for_rank(rank)
-        module.process_index = rank
+        module.context.gather = gather.for_rank(rank)
+        module.context.process_index = rank
     data = [(randn(4, 6, seed=100 + i), randn(4, 5, seed=200 + i), torch.randperm(20)[:4]) for i in range(steps)]
     errors = []
 
@@ -611,7 +619,7 @@ def test_crd_needs_index_and_num_samples():
     with pytest.raises(ValueError, match="index"):
         crd(tiny_outputs(torch.zeros(2, 6)), tiny_outputs(torch.zeros(2, 5)))
     with pytest.raises(ValueError, match="num_samples"):
-        build_method("crd", tiny_outputs(torch.zeros(2, 6)), tiny_outputs(torch.zeros(2, 5)))
+        build_method("crd", tiny_context())
     assert extra_buffer_count(crd) == 2 * 20 * 128 + 2 + 1
     assert extra_parameter_count(crd) == (6 * 128 + 128) + (5 * 128 + 128)
 
@@ -685,7 +693,7 @@ def zoo():
 
 def _outputs(model, x, preact, grad):
     with torch.set_grad_enabled(grad):
-        return ModelOutputs.from_model_output(model(x, output_hidden_states=True, preact=preact))
+        return Activations.from_model_output(model(x, output_hidden_states=True, preact=preact))
 
 
 def _example(zoo, model_name, preact):
@@ -701,16 +709,19 @@ def _build(zoo, name, teacher_name, **kwargs):
     cls = METHODS[name]
     s_example = _example(zoo, "resnet8", cls.needs_preact)
     t_example = _example(zoo, teacher_name, cls.needs_preact)
-    return build_method(name, s_example, t_example, num_samples=50 if cls.needs_index else None, **kwargs)
+    context = MethodContext(s_example, t_example, num_samples=50 if cls.uses_index(kwargs) else None)
+    return build_method(name, context, **kwargs)
 
 
 def test_registry_has_every_method_and_rejects_unknown_names():
     assert sorted(METHODS) == sorted(ALL_NAMES)
     for cls in METHODS.values():
         assert cls.default_weight > 0
-    with pytest.raises(ValueError, match="known methods: ab, at, cc, crd"):
-        build_method("hint", tiny_outputs(torch.zeros(2, 3)), tiny_outputs(torch.zeros(2, 3)))
-    assert build_method("KD", tiny_outputs(torch.zeros(2, 3)), tiny_outputs(torch.zeros(2, 3))).name == "kd"
+    with pytest.raises(ValueError, match="choose one of ab, at, cc, crd"):
+        build_method("hint", tiny_context(3, 3))
+    assert build_method("KD", tiny_context(3, 3)).name == "kd"
+    with pytest.raises(ValueError, match="does not take 'temprature'; its options .* are: temperature=4.0"):
+        build_method("kd", tiny_context(3, 3), temprature=2.0)
 
 
 @pytest.mark.filterwarnings("ignore:.*stage maps")
@@ -730,7 +741,7 @@ def test_every_method_builds_and_trains_on_zoo_models(zoo, name, teacher_name):
     x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     s_out = _outputs(student, x, cls.needs_preact, grad=True)
     t_out = _outputs(teacher, x, cls.needs_preact, grad=True)  # not detached by the caller: the method must do it
-    method.set_epoch(1)
+    method.context.epoch = 1
     loss = method(s_out, t_out, index=torch.tensor([4, 17, 0, 49]), labels=torch.tensor([3, 9, 0, 3]))
     assert loss.dim() == 0 and loss.dtype == torch.float32 and torch.isfinite(loss)
     loss.backward()
@@ -747,15 +758,15 @@ def test_method_flags_and_hidden_state_errors(zoo):
     no_hidden = tiny_outputs(torch.zeros(2, 64))
     for name in ("fitnet", "at", "sp", "vid", "ab", "ft", "fsp", "nst"):
         with pytest.raises(ValueError, match="output_hidden_states=True"):
-            build_method(name, no_hidden, no_hidden)
+            build_method(name, MethodContext(no_hidden, no_hidden))
     with pytest.warns(UserWarning, match="preact=True"):
         x = torch.randn(2, 3, 32, 32)
         post = _outputs(zoo["resnet8"].eval(), x, preact=False, grad=False)
-        build_method("ab", post, _outputs(zoo["resnet32"].eval(), x, preact=False, grad=False))
+        build_method("ab", MethodContext(post, _outputs(zoo["resnet32"].eval(), x, preact=False, grad=False)))
     with pytest.raises(ValueError, match="hint_layer"):
         _build(zoo, "fitnet", "resnet32", hint_layer=4)
     with pytest.raises(ValueError, match="output_hidden_states=True"):
-        ModelOutputs.from_model_output(type("Out", (), {"logits": torch.zeros(2, 3), "hidden_states": None})())
+        Activations.from_model_output(type("Out", (), {"logits": torch.zeros(2, 3), "hidden_states": None})())
 
 
 def test_dkd_module_applies_the_warmup(zoo):
@@ -763,8 +774,8 @@ def test_dkd_module_applies_the_warmup(zoo):
     s, t = tiny_outputs(randn(2, 10, seed=400)), tiny_outputs(randn(2, 10, seed=401))
     s.logits, t.logits = s.features, t.features
     labels = torch.tensor([1, 2])
-    full = float(method(s, t, labels=labels))
-    method.set_epoch(5)
+    full = float(method(s, t, labels=labels))  # outside a training loop (context.epoch None): no warm-up
+    method.context.epoch = 5
     assert float(method(s, t, labels=labels)) == pytest.approx(full * 5 / 20, rel=1e-6)
     with pytest.raises(ValueError, match="labels"):
         method(s, t)
@@ -776,15 +787,17 @@ def test_init_stage_trains_exactly_the_listed_parameters(zoo, name, kwargs):
     method = _build(zoo, name, "resnet32", **kwargs).train()
     assert method.init_stage is not None and method.init_stage.epochs == kwargs.get("init_epochs", 30)
     student, teacher = zoo["resnet8"].train(), zoo["resnet32"].eval()
-    before = {id(p): p.requires_grad for p in [*method.parameters(), *student.parameters()]}
-    params = method.begin_init_stage(student)
+    before = {id(p): p.requires_grad for p in method.parameters()}
+    params = method.begin_init_stage()
     ids = {id(p) for p in params}
     assert all(p.requires_grad for p in params)
-    others = [p for p in [*method.parameters(), *student.parameters()] if id(p) not in ids]
-    assert not any(p.requires_grad for p in others), "parameters outside the init stage must be frozen"
-    if method.init_stage.trains_student:
-        assert not any(id(p) in ids for p in student.classifier.parameters())
-        assert sum(id(p) in ids for p in student.parameters()) == len(list(student.parameters())) - 2
+    others = [p for p in method.parameters() if id(p) not in ids]
+    assert not any(p.requires_grad for p in others), "the method's parameters outside the init stage must be frozen"
+    if method.init_stage.trains_student:  # the stage runner adds the student's feature modules (not the classifier)
+        feature_params = [p for m in student_feature_modules(student) for p in m.parameters()]
+        assert not any(id(p) in {id(q) for q in feature_params} for p in student.classifier.parameters())
+        assert len(feature_params) == len(list(student.parameters())) - 2
+        params = params + feature_params
     student.zero_grad(set_to_none=True)
     method.zero_grad(set_to_none=True)
     x = torch.randn(2, 3, 32, 32)
@@ -801,9 +814,9 @@ def test_init_stage_trains_exactly_the_listed_parameters(zoo, name, kwargs):
         reconstruction_only = method.paraphraser.decoder[0].weight.grad
         assert reconstruction_only is not None
     method.end_init_stage()
-    assert {id(p): p.requires_grad for p in [*method.parameters(), *student.parameters()]} == before
+    assert {id(p): p.requires_grad for p in method.parameters()} == before
     with pytest.raises(ValueError, match="no init stage"):
-        _build(zoo, "at", "resnet32").begin_init_stage(student)
+        _build(zoo, "at", "resnet32").begin_init_stage()
 
 
 def test_extra_parameter_counts(zoo):

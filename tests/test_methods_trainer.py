@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from helpers import StopAt, TinyImageDataset, tiny_model
-from rrd_hf import RRD_STATE_NAME, RRDConfig, RRDTrainer
+from rrd_hf import DISTILL_STATE_NAME, RRDConfig, RRDTrainer
 from rrd_hf.methods import METHODS
 from rrd_hf.models import build_model
 
@@ -16,7 +16,8 @@ def make(tmp_path, method, teacher="resnet14", **overrides):
     student, teacher_model = build_model("resnet8", 4), build_model(teacher, 4)
     values = dict(output_dir=str(tmp_path / method), max_steps=3, per_device_train_batch_size=8, memory_size=16,
                   rrd_weight=0.0, distill_method=method, learning_rate=0.05, optim="sgd", logging_steps=1,
-                  use_cpu=True, report_to="none", disable_tqdm=True, save_strategy="no", seed=0, init_epochs=1)
+                  use_cpu=True, report_to="none", disable_tqdm=True, save_strategy="no", seed=0,
+                  init_epochs=1 if METHODS[method].has_init_stage else None)
     values.update(overrides)
     return RRDTrainer(model=student, teacher_model=teacher_model, args=RRDConfig(**values),
                       train_dataset=TinyImageDataset(32, num_labels=4, size=32, with_index=True))
@@ -25,7 +26,7 @@ def make(tmp_path, method, teacher="resnet14", **overrides):
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_method_trains_through_the_trainer(tmp_path, method):
     trainer = make(tmp_path, method)
-    module = trainer.method
+    module = trainer.methods[method]
     teacher_before = {k: v.clone() for k, v in trainer.teacher.state_dict().items()}
     student_before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     trainable_before = {k: v.detach().clone() for k, v in module.named_parameters() if v.requires_grad}
@@ -35,11 +36,11 @@ def test_method_trains_through_the_trainer(tmp_path, method):
     if module.main_stage_loss:
         values = [log[f"loss_{method}"] for log in logs]
         assert all(torch.isfinite(torch.tensor(values)))
-        total = logs[-1]["loss_ce"] * trainer.args.ce_weight + logs[-1][f"loss_{method}"] * trainer.args.distill_weight
+        total = logs[-1]["loss_ce"] * trainer.args.ce_weight + logs[-1][f"loss_{method}"] * trainer.loss_terms[-1].weight
         assert logs[-1]["loss"] == pytest.approx(total, rel=1e-3, abs=1e-5)
     else:  # AB and FSP: RepDistiller trains them only in the init stage
         assert all(f"loss_{method}" not in log for log in logs)
-    if module.init_stage is not None or method == "fitnet":  # init_epochs=1 also turns FitNet's hint stage on
+    if module.init_stage is not None:  # init_epochs=1 also turns FitNet's hint stage on
         assert [log["init_stage_epoch"] for log in trainer.state.log_history if "init_stage_loss" in log] == [1]
     for name, value in trainer.teacher.state_dict().items():
         torch.testing.assert_close(value, teacher_before[name], msg=f"teacher {name} changed")
@@ -59,7 +60,7 @@ def test_crd_plus_kd_and_rrd_plus_dkd_combine(tmp_path):
     rrd_dkd = make(tmp_path, "dkd", rrd_weight=1.0)
     rrd_dkd.train()
     assert {"loss_ce", "loss_rrd", "loss_dkd"} <= set(rrd_dkd.state.log_history[0])
-    assert set(rrd_dkd.distillers) == {"rrd", "dkd"}
+    assert set(rrd_dkd.methods) == {"rrd", "dkd"}
 
 
 @pytest.mark.parametrize("method", ["crd", "ft"])
@@ -71,18 +72,18 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path, method):
     part.add_callback(StopAt(3))
     part.train()
     checkpoint = tmp_path / "part" / method / "checkpoint-3"
-    assert (checkpoint / RRD_STATE_NAME).is_file()
+    assert (checkpoint / DISTILL_STATE_NAME).is_file()
     resumed = make(tmp_path / "part", method, **options)
     resumed.train(resume_from_checkpoint=str(checkpoint))
     assert resumed.init_stage_history == []  # the init stage is part of the checkpoint, not run again
     for name, value in full.model.state_dict().items():
         torch.testing.assert_close(resumed.model.state_dict()[name], value, msg=f"student {name}")
-    for name, value in full.distillers.state_dict().items():
-        torch.testing.assert_close(resumed.distillers.state_dict()[name], value, msg=name)
+    for name, value in full.methods.state_dict().items():
+        torch.testing.assert_close(resumed.methods.state_dict()[name], value, msg=name)
 
 
 def test_unknown_method_and_missing_preact_are_explained(tmp_path):
-    with pytest.raises(ValueError, match="unknown distill_method 'nope'"):
+    with pytest.raises(ValueError, match="unknown distillation method 'nope'"):
         RRDConfig(output_dir=str(tmp_path), distill_method="nope")
     import transformers
     from transformers import AutoModelForImageClassification
@@ -107,7 +108,7 @@ def test_feature_methods_on_models_without_hidden_states_use_forward_hooks(tmp_p
     assert all(torch.isfinite(torch.tensor(log["loss_at"])) for log in trainer.state.log_history if "loss" in log)
     with torch.no_grad():
         out = trainer.model(pixel_values=TinyImageDataset(2, size=8).images)
-    outputs = trainer._model_outputs("student", out)
+    outputs = trainer.student_reader.read(out)
     assert [tuple(h.shape) for h in outputs.hidden_states] == [(2, 8, 8, 8), (2, 16, 4, 4), (2, 16)]
 
 
@@ -128,5 +129,5 @@ def test_hf_cnn_hidden_states_get_the_pooled_vector_appended(tmp_path):
     assert all(torch.isfinite(torch.tensor(log["loss_fitnet"])) for log in trainer.state.log_history if "loss" in log)
     with torch.no_grad():
         out = trainer.model(pixel_values=torch.randn(2, 3, 32, 32), output_hidden_states=True)
-    hidden = trainer._model_outputs("student", out).hidden_states
+    hidden = trainer.student_reader.read(out).hidden_states
     assert len(hidden) == len(out.hidden_states) + 1 and hidden[-1].shape == (2, 16)

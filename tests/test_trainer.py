@@ -8,7 +8,8 @@ from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForImageClassification
 
 from helpers import StopAt, TinyConvConfig, TinyConvForImageClassification, TinyImageDataset, tiny_model
-from rrd_hf import RRD_STATE_NAME, RRDConfig, RRDTrainer
+from rrd_hf import DISTILL_STATE_NAME, RRDConfig, RRDTrainer
+from rrd_hf.checkpoints import COMPLETE_MARKER
 
 AutoConfig.register(TinyConvConfig.model_type, TinyConvConfig, exist_ok=True)
 AutoModelForImageClassification.register(TinyConvConfig, TinyConvForImageClassification, exist_ok=True)
@@ -41,25 +42,25 @@ def test_end_to_end_teacher_frozen_student_and_head_trained_memory_filled(tmp_pa
     trainer = make_trainer(tmp_path, kd_weight=1.0)
     teacher_before = clone_state(trainer.teacher)
     student_before = clone_state(trainer.model)
-    head_before = clone_state(trainer.rrd.student_head)
-    teacher_head_before = clone_state(trainer.rrd.teacher_head)
+    head_before = clone_state(trainer.methods["rrd"].student_head)
+    teacher_head_before = clone_state(trainer.methods["rrd"].teacher_head)
     trainer.train()
 
     for name, value in trainer.teacher.state_dict().items():  # weights and BN running statistics
         torch.testing.assert_close(value, teacher_before[name], msg=f"teacher {name} changed")
     assert not trainer.teacher.training
-    for name, value in trainer.rrd.teacher_head.state_dict().items():
+    for name, value in trainer.methods["rrd"].teacher_head.state_dict().items():
         torch.testing.assert_close(value, teacher_head_before[name])
     assert any(not torch.equal(v, student_before[k]) for k, v in trainer.model.state_dict().items())
-    assert not torch.equal(trainer.rrd.student_head.weight, head_before["weight"])
+    assert not torch.equal(trainer.methods["rrd"].student_head.weight, head_before["weight"])
 
     # 6 steps x 8 samples = 48 teacher embeddings written into a memory of 32: full, and made of teacher keys.
-    memory = trainer.rrd.memory
+    memory = trainer.methods["rrd"].memory
     assert memory.num_filled == 32 and int(memory.num_updates) == 6
     dataset = TinyImageDataset(64)
     with torch.no_grad():
         trainer.teacher(pixel_values=dataset.images)
-        _, z_t = trainer.rrd.embed(torch.zeros(64, trainer.rrd.student_head.in_features), trainer._teacher_tap.pop())
+        _, z_t = trainer.methods["rrd"].embed(torch.zeros(64, trainer.methods["rrd"].student_head.in_features), trainer.teacher_reader.feature_tap.pop())
     similarity = memory.keys @ z_t.t()
     assert torch.allclose(similarity.max(dim=1).values, torch.ones(32), atol=1e-5)
 
@@ -74,14 +75,14 @@ def test_end_to_end_teacher_frozen_student_and_head_trained_memory_filled(tmp_pa
 def test_evaluation_is_student_only_and_leaves_memory_alone(tmp_path):
     trainer = make_trainer(tmp_path, max_steps=2)
     trainer.train()
-    keys, updates = trainer.rrd.memory.keys.clone(), int(trainer.rrd.memory.num_updates)
+    keys, updates = trainer.methods["rrd"].memory.keys.clone(), int(trainer.methods["rrd"].memory.num_updates)
     calls = []
     handle = trainer.teacher.register_forward_hook(lambda *a: calls.append(1))
     metrics = trainer.evaluate()
     handle.remove()
     assert calls == []
-    torch.testing.assert_close(trainer.rrd.memory.keys, keys)
-    assert int(trainer.rrd.memory.num_updates) == updates
+    torch.testing.assert_close(trainer.methods["rrd"].memory.keys, keys)
+    assert int(trainer.methods["rrd"].memory.num_updates) == updates
     assert {"eval_loss", "eval_accuracy", "eval_top5_accuracy"} <= set(metrics)
     # eval_loss is the student's plain cross-entropy
     data = TinyImageDataset(16, seed=1)
@@ -107,7 +108,7 @@ def test_save_model_writes_a_clean_student(tmp_path):
     out = tmp_path / "student"
     trainer.save_model(str(out))
     files = set(os.listdir(out))
-    assert {"config.json", "model.safetensors"} <= files and RRD_STATE_NAME not in files
+    assert {"config.json", "model.safetensors"} <= files and DISTILL_STATE_NAME not in files
     saved = load_file(out / "model.safetensors")
     assert set(saved) == set(trainer.model.state_dict())
     reloaded = AutoModelForImageClassification.from_pretrained(out)
@@ -135,19 +136,22 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path, memory_type):
     interrupted = run_to_step(tmp_path, "part", stop_at=4, memory_type=memory_type)
     assert interrupted.state.global_step == 4
     checkpoint = tmp_path / "part" / "checkpoint-4"
-    assert (checkpoint / RRD_STATE_NAME).is_file()
+    assert (checkpoint / DISTILL_STATE_NAME).is_file()
     resumed = run_to_step(tmp_path, "part", resume=str(checkpoint), memory_type=memory_type)
     assert resumed.state.global_step == 9
     for name, value in full.model.state_dict().items():
         torch.testing.assert_close(resumed.model.state_dict()[name], value, msg=f"student {name}")
-    for name, value in full.rrd.state_dict().items():
-        torch.testing.assert_close(resumed.rrd.state_dict()[name], value, msg=f"rrd {name}")
+    for name, value in full.methods["rrd"].state_dict().items():
+        torch.testing.assert_close(resumed.methods["rrd"].state_dict()[name], value, msg=f"rrd {name}")
 
 
-def test_resume_from_a_checkpoint_without_rrd_state_fails_clearly(tmp_path):
+def test_resume_from_a_checkpoint_without_distill_state_fails_clearly(tmp_path):
     run_to_step(tmp_path, "part", stop_at=4)
     checkpoint = tmp_path / "part" / "checkpoint-4"
-    os.remove(checkpoint / RRD_STATE_NAME)
+    os.remove(checkpoint / DISTILL_STATE_NAME)
+    with pytest.raises(ValueError, match=f"not a complete checkpoint \\(missing {DISTILL_STATE_NAME}"):
+        run_to_step(tmp_path, "part", resume=str(checkpoint))
+    os.remove(checkpoint / COMPLETE_MARKER)  # now like a checkpoint of a plain Trainer
     with pytest.raises(FileNotFoundError, match="cannot be restored"):
         run_to_step(tmp_path, "part", resume=str(checkpoint))
 
@@ -195,11 +199,11 @@ def test_gradient_accumulation_matches_the_full_batch(tmp_path):
 
 def test_clipping_covers_the_student_head(tmp_path):
     trainer = make_trainer(tmp_path, max_steps=1, max_grad_norm=1e-3, learning_rate=1.0)
-    student_before, head_before = clone_state(trainer.model), clone_state(trainer.rrd.student_head)
+    student_before, head_before = clone_state(trainer.model), clone_state(trainer.methods["rrd"].student_head)
     trainer.train()
     squared = sum(((trainer.model.state_dict()[k] - v) ** 2).sum() for k, v in student_before.items()
                   if v.dtype.is_floating_point and "running" not in k)
-    squared += sum(((trainer.rrd.student_head.state_dict()[k] - v) ** 2).sum() for k, v in head_before.items())
+    squared += sum(((trainer.methods["rrd"].student_head.state_dict()[k] - v) ** 2).sum() for k, v in head_before.items())
     assert squared.sqrt().item() <= 1e-3 * 1.001
 
 
@@ -207,16 +211,16 @@ def test_optimizer_holds_student_head_not_teacher_head_and_decays_all_when_asked
     trainer = make_trainer(tmp_path, optim_args="momentum=0.9", weight_decay=5e-4, decay_all_parameters=True)
     trainer.create_optimizer()
     params = {id(p): group["weight_decay"] for group in trainer.optimizer.param_groups for p in group["params"]}
-    assert all(id(p) in params for p in trainer.rrd.student_head.parameters())
-    assert not any(id(p) in params for p in trainer.rrd.teacher_head.parameters())
+    assert all(id(p) in params for p in trainer.methods["rrd"].student_head.parameters())
+    assert not any(id(p) in params for p in trainer.methods["rrd"].teacher_head.parameters())
     assert not any(id(p) in params for p in trainer.teacher.parameters())
-    assert params[id(trainer.model.bn1.weight)] == 5e-4 and params[id(trainer.rrd.student_head.bias)] == 5e-4
+    assert params[id(trainer.model.bn1.weight)] == 5e-4 and params[id(trainer.methods["rrd"].student_head.bias)] == 5e-4
     assert trainer.optimizer.param_groups[0]["momentum"] == 0.9
 
     default = make_trainer(tmp_path, weight_decay=5e-4)
     default.create_optimizer()
     params = {id(p): group["weight_decay"] for group in default.optimizer.param_groups for p in group["params"]}
-    assert params[id(default.rrd.student_head.bias)] == 0.0
+    assert params[id(default.methods["rrd"].student_head.bias)] == 0.0
 
 
 def test_step_decay_by_epochs(tmp_path):
@@ -251,11 +255,11 @@ def test_teacher_from_a_local_path_and_an_unreachable_hub_id(tmp_path):
 
 
 def test_missing_teacher_and_student_alone(tmp_path):
-    with pytest.raises(ValueError, match="need a teacher"):
+    with pytest.raises(ValueError, match="needs a teacher"):
         RRDTrainer(model=tiny_model(), args=make_args(tmp_path))
     alone = RRDTrainer(model=tiny_model(), args=make_args(tmp_path, rrd_weight=0.0, max_steps=2),
                        train_dataset=TinyImageDataset(16))
-    assert alone.teacher is None and alone.rrd is None
+    assert alone.teacher is None and len(alone.methods) == 0
     alone.train()
     assert all("loss_rrd" not in log for log in alone.state.log_history)
 
@@ -268,7 +272,7 @@ def test_momentum_memory_needs_the_index_column(tmp_path):
                          args=make_args(tmp_path, memory_type="momentum", max_steps=2),
                          train_dataset=TinyImageDataset(64, with_index=True))
     trainer.train()
-    assert trainer.rrd.memory.num_filled == 16 and trainer.rrd.memory.size == 64
+    assert trainer.methods["rrd"].memory.num_filled == 16 and trainer.methods["rrd"].memory.size == 64
 
 
 @pytest.mark.parametrize(
@@ -297,7 +301,7 @@ def test_presets_and_string_floats(tmp_path):
     assert (published.student_temperature, published.teacher_temperature, published.enqueue) == (0.04, 0.10, "after")
     code = make_args(tmp_path, rrd_preset="code-2025")
     assert (code.student_temperature, code.teacher_temperature, code.enqueue) == (0.10, 0.02, "before")
-    mixed = RRDConfig.from_preset("code-2025", output_dir=str(tmp_path), student_temperature=0.2)
+    mixed = RRDConfig(rrd_preset="code-2025", output_dir=str(tmp_path), student_temperature=0.2)
     assert (mixed.student_temperature, mixed.teacher_temperature) == (0.2, 0.02)
     yaml_like = make_args(tmp_path, weight_decay="5e-4", learning_rate="0.05")
     assert yaml_like.weight_decay == 5e-4 and yaml_like.learning_rate == 0.05
@@ -320,9 +324,9 @@ def test_momentum_memory_has_a_slot_for_every_dataset_index(tmp_path):
                                           "index": list(range(0, 32, 2))}).with_format("torch")
     trainer = RRDTrainer(model=tiny_model(seed=1), teacher_model=tiny_model(width=16, seed=2),
                          args=make_args(tmp_path, memory_type="momentum", max_steps=2), train_dataset=dataset)
-    assert trainer.rrd.memory.size == 31
+    assert trainer.methods["rrd"].memory.size == 31
     trainer.train()
-    assert trainer.rrd.memory.num_filled == 16
+    assert trainer.methods["rrd"].memory.num_filled == 16
 
 
 def test_fsdp_is_refused_with_an_explanation(tmp_path, monkeypatch):

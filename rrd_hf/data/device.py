@@ -1,16 +1,16 @@
-"""The accelerator fast path: decode once to a ``uint8`` tensor, augment batched on the device.
+"""The in-memory fast path: decode once to a ``uint8`` tensor, augment whole batches on the device.
 
 1. :func:`decode_to_uint8` decodes (and resizes) every image once into a ``(N, 3, S, S)`` uint8 tensor
    (CIFAR-10 train: 150 MB; Tiny ImageNet train at 32×32: 300 MB), with ``labels`` and ``index``.
-2. :class:`InMemoryImageDataset` serves it: items ``{"pixel_values": uint8 (3, S, S), "labels": int,
-   "index": int}``; ``__getitems__`` gathers a whole batch with one indexing op. The images may live on the
-   accelerator (``device=``); then use ``dataloader_num_workers=0`` and ``dataloader_pin_memory=False``
-   (pinning fails on device tensors). As with any extra key, ``remove_unused_columns=False`` keeps ``index``.
+2. :class:`InMemoryImageDataset` serves it: items ``{"pixel_values": uint8 (3, S, S), "labels", "index"}``;
+   ``__getitems__`` gathers a whole batch with one indexing op. The images may live on the accelerator
+   (``device=``); then use ``dataloader_num_workers=0`` and ``dataloader_pin_memory=False`` (pinning fails on
+   device tensors). As with any extra key, ``remove_unused_columns=False`` keeps ``index``.
 3. :class:`DeviceAugmentation` is called on the device right after the batch is moved there
-   (``batch_transform(pixel_values, training)``): batched zero-pad random crop + horizontal flip by one
-   ``gather`` with per-sample offsets (no Python loop over images), then normalisation, on whatever device
-   the batch is on. With ``training=False`` it only normalises. The result for given offsets is exactly the
-   per-sample :func:`pad_crop_flip` + :func:`normalize_uint8` of :mod:`rrd_hf.data.transforms`.
+   (``batch_transform(pixel_values, training, index=batch["index"], epoch=epoch)``): batched zero-pad crop +
+   horizontal flip by one ``gather`` with per-sample offsets (no Python loop over images), then normalisation by
+   table lookup. With ``training=False`` it only normalises. With the same seed, epoch and sample index the result
+   is bitwise the per-sample transform's (:mod:`rrd_hf.data.transforms`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,9 @@ from torch import nn
 
 from .errors import DataError, MissingColumnError
 from .images import decode_image, image_to_uint8_array
+from .augmentation import augmentation_params
 from .registry import StatsLike, resolve_stats
+from .transforms import normalization_table, normalize_with_table
 
 __all__ = ["decode_to_uint8", "InMemoryImageDataset", "DeviceAugmentation", "load_in_memory"]
 
@@ -119,11 +121,21 @@ def decode_to_uint8(
 
 
 class InMemoryImageDataset(torch.utils.data.Dataset):
-    """Decoded images kept in memory (optionally on an accelerator) as one uint8 ``(N, 3, H, W)`` tensor.
+    """Decoded images kept in memory (on the CPU or an accelerator) as one uint8 ``(N, 3, H, W)`` tensor.
 
-    Items are ``{"pixel_values": uint8 (3, H, W), "labels": int, "index": int}``; feed the batches through
-    :class:`DeviceAugmentation`. ``labels`` and ``index`` stay on the CPU (they are small, and turning a device
-    scalar into a Python ``int`` would synchronise). Build it with :meth:`from_dataset` or :func:`load_in_memory`.
+    Items are ``{"pixel_values": uint8 (3, H, W), "labels", "index"}``; feed the batches through
+    :class:`DeviceAugmentation` with ``index=batch["index"]``. ``labels`` and ``index`` (the attributes) always stay
+    on the CPU for whoever inspects the data. Serving:
+
+    * images on the CPU: ``labels``/``index`` of items are Python ints; the ``DataLoader`` may use workers and
+      pinned memory (``dataloader_pin_memory=True``, the Trainer's default), so the copy to the device is async;
+    * images on an accelerator (``.to(device)``): items hold device tensors (labels and index too, so that
+      nothing is copied or synchronised per batch); use ``dataloader_num_workers=0`` and
+      ``dataloader_pin_memory=False`` (device tensors cannot be pinned nor shared with worker processes).
+
+    ``__getitems__`` gathers a whole batch with one indexing op. ``stats`` records the mean/std its batches are
+    to be normalised with (``DeviceAugmentation(dataset.stats, ...)``); :func:`dataset_stats` reads it. Build it
+    with :meth:`from_dataset` or :func:`load_in_memory`.
     """
 
     def __init__(
@@ -133,6 +145,7 @@ class InMemoryImageDataset(torch.utils.data.Dataset):
         index: torch.Tensor | Sequence[int] | None = None,
         *,
         class_names: Sequence[str] | None = None,
+        stats: StatsLike | None = None,
     ):
         if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
             raise DataError(f"images must be a uint8 (N, 3, H, W) tensor, got {images.dtype} {tuple(images.shape)}.")
@@ -142,6 +155,13 @@ class InMemoryImageDataset(torch.utils.data.Dataset):
             raise DataError(f"got {len(images)} images, {len(labels)} labels and {len(index)} indices.")
         self.images, self.labels, self.index = images, labels, index
         self.class_names = list(class_names) if class_names is not None else None
+        self.stats = resolve_stats(stats) if stats is not None else None
+        self._served_labels, self._served_index = self._serving_copies()
+
+    def _serving_copies(self):
+        if self.images.device.type == "cpu":
+            return None, None
+        return self.labels.to(self.images.device), self.index.to(self.images.device)
 
     @classmethod
     def from_dataset(
@@ -152,13 +172,20 @@ class InMemoryImageDataset(torch.utils.data.Dataset):
         device: str | torch.device | None = None,
         num_workers: int = 0,
         cache_file: str | os.PathLike | None = None,
+        stats: StatsLike | None = None,
     ) -> "InMemoryImageDataset":
         """Decode a normalised ``datasets.Dataset`` (from :func:`load_image_dataset`) once.
 
         ``cache_file``: a ``.pt`` file to reuse the decoded tensor across runs; it is rebuilt when the dataset
-        fingerprint or ``image_size`` changes.
+        fingerprint or ``image_size`` changes. ``stats``: default, those of the known dataset it holds (if any).
         """
         import datasets
+
+        from .loading import infer_dataset_info
+
+        if stats is None:
+            info = infer_dataset_info(dataset=dataset)
+            stats = info.stats if info is not None else None
 
         fingerprint = getattr(dataset, "_fingerprint", None)
         feature = dataset.features.get("label")
@@ -179,13 +206,23 @@ class InMemoryImageDataset(torch.utils.data.Dataset):
                      "image_size": image_size},
                     cache_file,
                 )
-        out = cls(images, labels, index, class_names=class_names)
+        out = cls(images, labels, index, class_names=class_names, stats=stats)
         return out.to(device) if device is not None else out
 
     def to(self, device) -> "InMemoryImageDataset":
         """Move the images to ``device`` (in place; returns ``self``)."""
         self.images = self.images.to(device)
+        self._served_labels, self._served_index = self._serving_copies()
         return self
+
+    @property
+    def device(self) -> torch.device:
+        """Where the images are (and batches are served from)."""
+        return self.images.device
+
+    @property
+    def nbytes(self) -> int:
+        return self.images.numel() * self.images.element_size()
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -199,14 +236,22 @@ class InMemoryImageDataset(torch.utils.data.Dataset):
         return len(self.labels)
 
     def __getitem__(self, i: int) -> dict:
+        if self._served_labels is not None:
+            return {"pixel_values": self.images[i], "labels": self._served_labels[i], "index": self._served_index[i]}
         return {"pixel_values": self.images[i], "labels": int(self.labels[i]), "index": int(self.index[i])}
 
     def __getitems__(self, indices: Sequence[int]) -> list[dict]:
         """A whole batch with one gather (``DataLoader`` uses this instead of ``__getitem__`` when present)."""
         positions = torch.as_tensor(indices, dtype=torch.int64)
-        images = self.images[positions.to(self.images.device)]
-        labels = self.labels[positions].tolist()
-        index = self.index[positions].tolist()
+        if self._served_labels is None:
+            images = self.images[positions]
+            labels, index = self.labels[positions].tolist(), self.index[positions].tolist()
+        else:  # the sampler's positions travel asynchronously; nothing comes back to the host
+            if self.images.device.type == "cuda":
+                positions = positions.pin_memory()
+            positions = positions.to(self.images.device, non_blocking=True)
+            images = self.images[positions]
+            labels, index = self._served_labels[positions], self._served_index[positions]
         return [{"pixel_values": img, "labels": lab, "index": idx} for img, lab, idx in zip(images, labels, index)]
 
 
@@ -218,6 +263,7 @@ def load_in_memory(
     device: str | torch.device | None = None,
     num_workers: int = 0,
     cache_file: str | os.PathLike | None = None,
+    stats: StatsLike | None = None,
     **load_kwargs,
 ) -> InMemoryImageDataset:
     """``load_image_dataset(source, split, **load_kwargs)`` decoded into an :class:`InMemoryImageDataset`."""
@@ -225,25 +271,28 @@ def load_in_memory(
 
     dataset = load_image_dataset(source, split, **load_kwargs)
     return InMemoryImageDataset.from_dataset(
-        dataset, image_size, device=device, num_workers=num_workers, cache_file=cache_file
+        dataset, image_size, device=device, num_workers=num_workers, cache_file=cache_file, stats=stats
     )
 
 
 class DeviceAugmentation(nn.Module):
-    """Batched train/eval augmentation on whatever device the batch is on.
+    """Batched train/eval augmentation on whatever device the batch is on, with no host-device synchronisation.
 
-    ``aug(pixel_values, training)`` takes uint8 ``(B, 3, H, W)`` (or ``(B, 1, H, W)``, expanded to RGB) or a float
-    batch in ``[0, 1]`` and returns float (``dtype``, default float32) ``(B, 3, H, W)``:
+    ``aug(pixel_values, training, index=index, epoch=epoch)`` takes uint8 ``(B, 3, H, W)`` (or ``(B, 1, H, W)``,
+    expanded to RGB) or a float batch in ``[0, 1]`` and returns float (``dtype``, default float32) ``(B, 3, H, W)``:
 
-    * ``training=True``: zero-pad by ``padding``, crop ``H×W`` at a random offset per sample (uniform in
-      ``[0, 2·padding]``² like torchvision's RandomCrop), flip each sample left-right with probability
-      ``flip_prob``, normalise;
-    * ``training=False``: normalise only (deterministic).
+    * ``training=True``: zero-pad by ``padding``, crop ``H×W`` at an offset per sample in ``[0, 2·padding]``²
+      (like torchvision's RandomCrop), flip left-right with probability ``flip_prob``, normalise;
+    * ``training=False``: normalise only (deterministic). ``training=None`` uses ``self.training``.
 
-    Randomness comes from ``generator`` (any device) or a CPU ``torch.Generator`` seeded with ``seed``;
-    with neither, from torch's global CPU RNG (seeded by ``transformers.set_seed``). Offsets are drawn on the
-    generator's device and moved to the batch's device, so a seeded run gives the same crops on CPU and GPU.
-    Under DDP give each rank its own seed (e.g. ``seed + rank``). ``training=None`` uses ``self.training``.
+    With a ``seed`` the offsets and flips are :func:`augmentation_params` of ``(seed, epoch, index)``, computed
+    on the batch's device from the sample ids ``index`` (``InMemoryImageDataset`` batches carry them): the same
+    crops as the per-sample :class:`ImageClassificationTransform` (bitwise the same float32 images), whatever the
+    device, the process count or a resume. With ``seed=None`` they are drawn from torch's global RNG on the batch's
+    device: random, but not reproducible across resumes or process counts.
+
+    uint8 pixels are normalised by lookup in :func:`normalization_table` (a buffer, like ``mean``/``std``): move the
+    module to the device once with ``.to(device)``; a first call on another device moves it there (once).
     """
 
     def __init__(
@@ -253,7 +302,6 @@ class DeviceAugmentation(nn.Module):
         padding: int = 4,
         flip_prob: float = 0.5,
         seed: int | None = None,
-        generator: torch.Generator | None = None,
         dtype: torch.dtype = torch.float32,
     ):
         super().__init__()
@@ -263,26 +311,27 @@ class DeviceAugmentation(nn.Module):
         self.flip_prob = float(flip_prob)
         if self.padding < 0 or not 0.0 <= self.flip_prob <= 1.0:
             raise ValueError(f"need padding >= 0 and 0 <= flip_prob <= 1, got padding={padding}, flip_prob={flip_prob}.")
-        if generator is not None and seed is not None:
-            raise ValueError("pass seed= or generator=, not both.")
-        self.generator = generator if generator is not None else (
-            torch.Generator().manual_seed(int(seed)) if seed is not None else None
-        )
+        self.seed = None if seed is None else int(seed)
         self.dtype = dtype
         self.register_buffer("mean", torch.tensor(resolved.mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(resolved.std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("table", normalization_table(resolved), persistent=False)
 
-    def manual_seed(self, seed: int) -> "DeviceAugmentation":
-        """Restart the random stream from ``seed`` (on a CPU generator)."""
-        self.generator = torch.Generator().manual_seed(int(seed))
+    def manual_seed(self, seed: int | None) -> "DeviceAugmentation":
+        """Use ``seed`` from now on (``None``: torch's global RNG)."""
+        self.seed = None if seed is None else int(seed)
         return self
 
-    def sample_params(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(top, left, flip)`` for a batch: int64 ``(B,)``, int64 ``(B,)``, bool ``(B,)`` on the generator's device."""
-        device = self.generator.device if self.generator is not None else torch.device("cpu")
-        offsets = torch.randint(0, 2 * self.padding + 1, (2, batch_size), generator=self.generator, device=device)
-        flip = torch.rand(batch_size, generator=self.generator, device=device) < self.flip_prob
-        return offsets[0], offsets[1], flip
+    def sample_params(
+        self, index: torch.Tensor | Sequence[int], epoch: int = 0
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(top, left, flip)`` for the samples ``index`` at ``epoch``: int64, int64, bool ``(B,)`` on ``index``'s
+        device. With ``seed=None``: drawn from torch's global RNG on that device (``index`` only gives the count)."""
+        index = torch.as_tensor(index)
+        if self.seed is None:
+            offsets = torch.randint(0, 2 * self.padding + 1, (2, len(index)), device=index.device)
+            return offsets[0], offsets[1], torch.rand(len(index), device=index.device) < self.flip_prob
+        return augmentation_params(self.seed, epoch, index, self.padding, self.flip_prob)
 
     def crop_flip(self, x: torch.Tensor, top: torch.Tensor, left: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
         """Zero-pad, crop each sample at ``(top[b], left[b])`` of the padded image and mirror where ``flip[b]``:
@@ -301,14 +350,11 @@ class DeviceAugmentation(nn.Module):
         return out.view(batch, channels, height, width)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        mean = self.mean.to(x.device)
-        std = self.std.to(x.device)
-        out = x.to(torch.float32)
+        """uint8 by table lookup (bitwise the per-sample transform's values); float in ``[0, 1]`` arithmetically."""
         if not x.is_floating_point():
-            out = out.div_(255.0)
-        elif out is x:
-            out = out.clone()
-        out = out.sub_(mean).div_(std)
+            out = normalize_with_table(x, self.table)
+        else:
+            out = (x.to(torch.float32) - self.mean) / self.std
         return out if self.dtype == torch.float32 else out.to(self.dtype)
 
     def forward(
@@ -316,21 +362,41 @@ class DeviceAugmentation(nn.Module):
         pixel_values: torch.Tensor,
         training: bool | None = None,
         *,
+        index: torch.Tensor | None = None,
+        epoch: int = 0,
         params: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """Augment (``training``) or only normalise a batch; ``params=(top, left, flip)`` fixes the offsets."""
+        """Augment (``training``) or only normalise a batch. ``index``: the samples' ids (required with a seed when
+        training; keep it on the batch's device); ``epoch``: 0-based; ``params=(top, left, flip)`` fixes the crops."""
         if pixel_values.dim() != 4 or pixel_values.shape[1] not in (1, 3):
             raise DataError(
                 f"DeviceAugmentation needs a (B, 3, H, W) or (B, 1, H, W) batch, got shape {tuple(pixel_values.shape)}."
             )
         x = pixel_values
+        if self.table.device != x.device:  # once: later calls find the buffers on the batch's device
+            self.to(x.device)
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
         training = self.training if training is None else training
         if training and (self.padding > 0 or self.flip_prob > 0 or params is not None):
-            top, left, flip = params if params is not None else self.sample_params(x.shape[0])
+            if params is None:
+                if index is None and self.seed is not None:
+                    raise DataError(
+                        "DeviceAugmentation with a seed takes each image's crop and flip from (seed, epoch, sample "
+                        "index), but no index= was given. Pass index=batch['index'] (InMemoryImageDataset batches carry "
+                        "it; per-sample datasets need prepare_dataset(..., with_index=True)), or build it with "
+                        "seed=None for unseeded (non-reproducible) augmentation."
+                    )
+                ids = index if index is not None else torch.empty(x.shape[0], dtype=torch.int64, device=x.device)
+                if len(ids) != x.shape[0]:
+                    raise DataError(f"index has {len(ids)} sample ids for a batch of {x.shape[0]} images.")
+                params = self.sample_params(torch.as_tensor(ids).to(x.device, non_blocking=True), epoch)
+            top, left, flip = params
             x = self.crop_flip(x, top, left, flip)
         return self.normalize(x)
 
     def extra_repr(self) -> str:
-        return f"padding={self.padding}, flip_prob={self.flip_prob}, mean={self.stats.mean}, std={self.stats.std}"
+        return (
+            f"padding={self.padding}, flip_prob={self.flip_prob}, seed={self.seed}, mean={self.stats.mean}, "
+            f"std={self.stats.std}"
+        )

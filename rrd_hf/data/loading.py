@@ -207,11 +207,14 @@ def _load_hub(hub_id: str, name, load_kwargs, shown: str):
             )
         else:
             why = "the Hub could not be reached, or the repo does not exist or is gated (log in with `hf auth login`)"
+        folder = hub_id.split("/")[-1]
         raise DatasetUnavailableError(
             f"could not load {shown} from the Hugging Face Hub: {why} [{type(exc).__name__}: {exc}]. Pass a local path "
-            "instead: a folder laid out like the Hub repo (e.g. ../shared/data/cifar10), parquet file(s), a "
-            "save_to_disk folder or an imagefolder directory, e.g. "
-            f"load_image_dataset('/path/to/{hub_id.split('/')[-1]}', split='train')."
+            f"instead: on the command line `--data-dir /path/to/{folder}` (with `--dataset {folder}`) or `--dataset "
+            f"/path/to/{folder}`; in Python resolve_dataset('{folder}', data_dir='/path/to/{folder}') or "
+            f"load_image_dataset('/path/to/{folder}', split='train'). A local copy is a folder laid out like the Hub "
+            "repo, parquet file(s), a save_to_disk folder or an imagefolder directory; make one while online with "
+            f"`hf download {hub_id} --repo-type dataset --local-dir /path/to/{folder}`."
         ) from exc
 
 

@@ -48,7 +48,10 @@ def prepare_dataset(
         stats: normalisation stats (see :func:`build_transforms`); default: those of the known dataset the
             source holds. Required for sources that are not a known dataset.
         num_labels: if given, :func:`check_labels` first (raises on labels outside ``[0, num_labels)``).
-        seed, padding, flip_prob: see :class:`ImageClassificationTransform`.
+        seed, padding, flip_prob: see :class:`ImageClassificationTransform`. With a ``seed`` each training image's
+            crop and flip are a pure function of ``(seed, epoch, index)``; tell the dataset the epoch with
+            :func:`rrd_hf.data.set_epoch` before each epoch's DataLoader iterator is created (``RRDTrainer`` does).
+            ``seed=None``: torch's global RNG (not reproducible across worker counts or resumes).
     """
     import datasets
 

@@ -23,15 +23,18 @@ import math
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
-from ..losses import _check_temperature
-from ..memory import momentum_update
+from .base import DistillationMethod, MethodContext, float32_math
+from .memory import check_index_range, momentum_update
+from .registry import register_method
+from .rrd import check_temperature
 
 __all__ = [
+    "CRD",
     "crd_scores",
     "crd_nce_loss",
     "crd_loss",
-    "crd_memory_update",
     "CRDMemory",
     "NEGATIVE_SAMPLING",
 ]
@@ -42,7 +45,7 @@ _NCE_EPS = 1e-7
 
 def crd_scores(embeddings: torch.Tensor, memory: torch.Tensor, sample_indices: torch.Tensor, temperature: float) -> torch.Tensor:
     """`exp(embeddings_i · memory[sample_indices[i, k]] / T)`, shape (B, K + 1), float32; the memory is a constant."""
-    _check_temperature("CRD temperature", temperature)
+    check_temperature("CRD temperature", temperature)
     if embeddings.dim() != 2 or memory.dim() != 2 or embeddings.shape[1] != memory.shape[1]:
         raise ValueError(
             f"embeddings (B, D) and memory (N, D) must share D, got {tuple(embeddings.shape)} and {tuple(memory.shape)}."
@@ -51,7 +54,7 @@ def crd_scores(embeddings: torch.Tensor, memory: torch.Tensor, sample_indices: t
         raise ValueError(
             f"sample_indices must be (B, K + 1) with B = {embeddings.shape[0]}, got {tuple(sample_indices.shape)}."
         )
-    with torch.autocast(device_type=embeddings.device.type, enabled=False):
+    with float32_math(embeddings):
         similarities = embeddings.float() @ memory.detach().float().t()
         return torch.exp(similarities.gather(1, sample_indices.long()) / temperature)
 
@@ -60,7 +63,7 @@ def crd_nce_loss(probabilities: torch.Tensor, num_samples: int, eps: float = _NC
     """RepDistiller `ContrastLoss`: NCE with the positive in column 0 and K = columns − 1 noise samples."""
     if probabilities.dim() != 2 or probabilities.shape[1] < 2:
         raise ValueError(f"expected (B, K + 1) scores with K >= 1, got {tuple(probabilities.shape)}.")
-    with torch.autocast(device_type=probabilities.device.type, enabled=False):
+    with float32_math(probabilities):
         x = probabilities.float()
         batch, m = x.shape[0], x.shape[1] - 1
         noise = m / float(num_samples)
@@ -88,7 +91,7 @@ def crd_loss(
             teacher *projection* is trained in CRD; the teacher's features must be detached before it).
         student_memory, teacher_memory: `(N, D)` banks (constants).
         sample_indices: `(B, K + 1)` bank rows per sample, the sample's own index first.
-        student_normalizer, teacher_normalizer: Z_s, Z_t (constants).
+        student_normalizer, teacher_normalizer: Z_s, Z_t (constants: floats, or tensors kept on the device).
     """
     if student_embeddings.shape != teacher_embeddings.shape:
         raise ValueError(
@@ -98,17 +101,12 @@ def crd_loss(
     if student_memory.shape != teacher_memory.shape:
         raise ValueError(f"the two banks differ in shape: {tuple(student_memory.shape)} vs {tuple(teacher_memory.shape)}.")
     num_samples = student_memory.shape[0]
-    z_s = float(student_normalizer)
-    z_t = float(teacher_normalizer)
-    if not (z_s > 0 and z_t > 0):
+    z_s, z_t = student_normalizer, teacher_normalizer
+    if isinstance(z_s, float) and isinstance(z_t, float) and not (z_s > 0 and z_t > 0):
         raise ValueError(f"the normalisers Z must be > 0 (set on the first batch), got {z_s} and {z_t}.")
     out_s = crd_scores(student_embeddings, teacher_memory, sample_indices, temperature) / z_s
     out_t = crd_scores(teacher_embeddings, student_memory, sample_indices, temperature) / z_t
     return crd_nce_loss(out_s, num_samples) + crd_nce_loss(out_t, num_samples)
-
-
-# The per-sample momentum rule is the one of RRD's momentum memory: one implementation for both.
-crd_memory_update = momentum_update
 
 
 def _mix_seed(*values: int) -> int:
@@ -133,6 +131,7 @@ class CRDMemory(nn.Module):
     `mode="exact"`). The draw costs a `(B, N)` float64 random matrix and a sort per step.
     The draw is a function of `(seed, num_updates, process_index)` only: identical for two memories in the same
     state, reproduced after a resume, and different across processes (set `process_index`) whose batches differ.
+    Nothing in a step reads a value back from the accelerator (see `rrd_hf.methods.memory`).
     """
 
     def __init__(
@@ -166,6 +165,11 @@ class CRDMemory(nn.Module):
         self.register_buffer("teacher_bank", torch.rand(num_samples, dim, generator=generator) * (2 * stdv) - stdv)
         self.register_buffer("normalizers", torch.full((2,), -1.0))
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
+        # Host mirrors of num_updates and of "the normalisers are set": the per-step draws and the first-batch
+        # branch need them, and reading the buffers would wait for the accelerator. Restored on load.
+        self.updates = 0
+        self.normalizers_set = False
+        self._any_with_replacement = False
         if negatives == "other_class":
             if labels is None:
                 raise ValueError(
@@ -185,6 +189,8 @@ class CRDMemory(nn.Module):
             self.register_buffer("_order", order, persistent=False)
             self.register_buffer("_class_starts", starts, persistent=False)
             self.register_buffer("_class_counts", counts, persistent=False)
+            # Known from the labels alone: whether some class has fewer other-class samples than K.
+            self._any_with_replacement = bool((num_samples - counts[counts > 0]).min() < self.num_negatives)
         else:
             self.labels = None
 
@@ -192,23 +198,21 @@ class CRDMemory(nn.Module):
     def num_samples(self) -> int:
         return self.student_bank.shape[0]
 
-    @property
-    def normalizers_set(self) -> bool:
-        return bool((self.normalizers > 0).all())
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self.updates = int(self.num_updates)  # once per load, not per step
+        self.normalizers_set = bool((self.normalizers > 0).all())
 
     def _generator(self, process_index: int) -> torch.Generator:
         device = self.student_bank.device
         generator = torch.Generator(device=device)
-        generator.manual_seed(_mix_seed(self.seed, int(self.num_updates), process_index))
+        generator.manual_seed(_mix_seed(self.seed, self.updates, process_index))
         return generator
 
     def sample_indices(self, index: torch.Tensor, process_index: int = 0) -> torch.Tensor:
         """`(B, K + 1)` bank rows for the batch: column 0 the sample's own index, then K negatives."""
         index = index.detach().to(device=self.student_bank.device, dtype=torch.long).reshape(-1)
-        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= self.num_samples):
-            raise ValueError(
-                f"sample index out of range [0, {self.num_samples}): min {int(index.min())}, max {int(index.max())}."
-            )
+        check_index_range(index, self.num_samples)
         batch, k, n = index.numel(), self.num_negatives, self.num_samples
         generator = self._generator(process_index)
         device = index.device
@@ -225,7 +229,7 @@ class CRDMemory(nn.Module):
             else:
                 negatives = torch.zeros(batch, k, dtype=torch.long, device=device)
             needs_replacement = complement < k
-            if bool(needs_replacement.any()):
+            if self._any_with_replacement:
                 # Uniform with replacement among the other classes: draw a rank j in the complement, then skip
                 # over the row's own class in the label-sorted order.
                 u = torch.rand(batch, k, generator=generator, device=device, dtype=torch.float64)
@@ -237,15 +241,87 @@ class CRDMemory(nn.Module):
         return torch.cat([index.unsqueeze(1), negatives], dim=1)
 
     @torch.no_grad()
-    def set_normalizers(self, student_normalizer: float, teacher_normalizer: float) -> None:
-        self.normalizers = torch.tensor(
-            [float(student_normalizer), float(teacher_normalizer)], device=self.normalizers.device,
-            dtype=self.normalizers.dtype,
-        )
+    def set_normalizers(self, normalizers: torch.Tensor) -> None:
+        """Fix `[Z_s, Z_t]` (a tensor of 2 values, left on its device)."""
+        self.normalizers = normalizers.detach().to(device=self.normalizers.device, dtype=self.normalizers.dtype).reshape(2)
+        self.normalizers_set = True
 
     @torch.no_grad()
     def update(self, student_keys: torch.Tensor, teacher_keys: torch.Tensor, indices: torch.Tensor) -> None:
         """Momentum update of both banks at `indices` (out of place: new tensors replace the buffers)."""
-        self.student_bank = crd_memory_update(self.student_bank, student_keys, indices, self.momentum)
-        self.teacher_bank = crd_memory_update(self.teacher_bank, teacher_keys, indices, self.momentum)
+        self.student_bank = momentum_update(self.student_bank, student_keys, indices, self.momentum)
+        self.teacher_bank = momentum_update(self.teacher_bank, teacher_keys, indices, self.momentum)
         self.num_updates = self.num_updates + 1
+        self.updates += 1
+
+
+@register_method
+class CRD(DistillationMethod):
+    """Contrastive representation distillation on `feat[-1]`: 128-d embeddings, two N×128 banks (momentum 0.5),
+    K = 16384 negatives, T = 0.07, weight 0.8 (RepDistiller; RRD's re-runs use 1).
+
+    Needs the dataset `index` of every sample and `context.num_samples`. With `context.dataset_labels` (the class of
+    every training sample) negatives are drawn from the other classes as RepDistiller's CIFAR runs do
+    (`negatives="other_class"`); without them, uniformly over the dataset. State (banks, normalisers Z, update
+    counter) is in the state dict and only changes in training mode. Under data parallelism the bank updates and
+    the first-batch Z use `context.gather`ed values, so every process holds the same state, and each process draws
+    its own negatives (`context.process_index`).
+    """
+
+    name = "crd"
+    needs_features = True
+    needs_index = True
+    needs_dataset_labels = True
+    default_weight = 0.8
+    uses = "features, index"
+
+    def __init__(self, context: MethodContext, embedding_dim: int = 128, num_negatives: int = 16384,
+                 temperature: float = 0.07, momentum: float = 0.5, negatives: str | None = None):
+        super().__init__(context)
+        check_temperature("crd temperature", temperature)
+        self.embed_s = nn.Linear(context.student.features.flatten(1).shape[1], embedding_dim)
+        self.embed_t = nn.Linear(context.teacher.features.flatten(1).shape[1], embedding_dim)
+        labels = context.dataset_labels
+        if negatives is None:
+            negatives = "other_class" if labels is not None and bool((labels >= 0).all()) else "uniform"
+        self.memory = CRDMemory(context.num_samples, embedding_dim, num_negatives, momentum, seed=context.seed,
+                                labels=labels if negatives == "other_class" else None, negatives=negatives)
+        self.temperature = float(temperature)
+
+    def embed(self, student_features: torch.Tensor, teacher_features: torch.Tensor):
+        """L2-normalised float32 embeddings `(z_s, z_t)`; both heads receive gradients, the teacher features none."""
+        with float32_math(student_features):
+            z_s = F.normalize(self.embed_s(student_features.float().flatten(1)), dim=1)
+            z_t = F.normalize(self.embed_t(teacher_features.detach().float().flatten(1)), dim=1)
+        return z_s, z_t
+
+    def forward(self, student, teacher, index=None, labels=None):
+        if index is None:
+            raise ValueError(
+                "crd needs the dataset index of every sample: give the batches an `index` column and call "
+                "method(student, teacher, index=batch['index'])."
+            )
+        z_s, z_t = self.embed(student.features, teacher.features)
+        memory = self.memory
+        sample_indices = memory.sample_indices(index, self.context.process_index)
+        student_bank, teacher_bank = memory.student_bank, memory.teacher_bank
+        if memory.normalizers_set:
+            normalizers = memory.normalizers
+        else:
+            # RepDistiller fixes Z = mean(exp(s/T)) · N on the first batch; averaged over all processes here.
+            with torch.no_grad():
+                out_s = crd_scores(z_s, teacher_bank, sample_indices, self.temperature)
+                out_t = crd_scores(z_t, student_bank, sample_indices, self.temperature)
+                means = torch.stack([out_s.mean(), out_t.mean()]).reshape(1, 2)
+                if self.training:
+                    means = self.context.gather(means).reshape(-1, 2).mean(0, keepdim=True)
+                normalizers = means[0] * memory.num_samples
+            if self.training:
+                memory.set_normalizers(normalizers)
+        loss = crd_loss(z_s, z_t, student_bank, teacher_bank, sample_indices, normalizers[0], normalizers[1],
+                        self.temperature)
+        if self.training:
+            gather = self.context.gather
+            index = index.to(z_s.device)
+            memory.update(gather(z_s.detach()), gather(z_t.detach()), gather(index))
+        return loss

@@ -1,4 +1,4 @@
-"""Trainable helper networks of the benchmark methods (RepDistiller `models/util.py`, `distiller_zoo/{FT,VID}.py`)."""
+"""Trainable helper networks of the benchmark methods (RepDistiller `models/util.py`, `distiller_zoo/FT.py`)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from .vid import vid_initial_log_scale
-
-__all__ = ["ConvReg", "LinearEmbed", "Connector", "Paraphraser", "Translator", "VIDRegressor"]
+__all__ = ["ConvReg", "LinearEmbed", "Connector", "Paraphraser", "Translator"]
 
 
 class ConvReg(nn.Module):
@@ -122,21 +120,3 @@ class Translator(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(x)
-
-
-class VIDRegressor(nn.Module):
-    """VID's per-pair parts: a 1×1-conv regressor (student C → mid → mid → teacher C, ReLUs, no bias) and the
-    per-channel `log_scale` (initial variance 5). RepDistiller builds it as `VIDLoss(s_C, t_C, t_C)`."""
-
-    def __init__(self, s_channels: int, mid_channels: int, t_channels: int, init_pred_var: float = 5.0, eps: float = 1e-5):
-        super().__init__()
-        self.regressor = nn.Sequential(
-            nn.Conv2d(s_channels, mid_channels, 1, bias=False), nn.ReLU(),
-            nn.Conv2d(mid_channels, mid_channels, 1, bias=False), nn.ReLU(),
-            nn.Conv2d(mid_channels, t_channels, 1, bias=False),
-        )
-        self.log_scale = nn.Parameter(torch.full((t_channels,), vid_initial_log_scale(init_pred_var, eps)))
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.regressor(x)

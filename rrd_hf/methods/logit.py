@@ -1,6 +1,6 @@
 """Logit distillation losses: KD, DKD and logit standardisation (pure functions, float32, teacher detached).
 
-* KD: Hinton et al. 2015, `rrd_hf.losses.kd_loss` (KL · T², batch mean).
+* KD: Hinton et al. 2015, `kd_loss` (KL · T², batch mean, as in the CRD benchmark code).
 * DKD: Zhao et al., "Decoupled Knowledge Distillation", CVPR 2022 (megvii-research/mdistiller `DKD.py`):
   `alpha · TCKD + beta · NCKD`, times a linear warm-up factor `min(epoch / 20, 1)`.
 * Logit standardisation: Sun et al., "Logit Standardization in Knowledge Distillation", CVPR 2024
@@ -13,9 +13,16 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..losses import _check_temperature, kd_loss
+from .base import DistillationMethod, MethodContext, float32_math
+from .memory import check_index_range
+from .registry import register_method
+from .rrd import check_temperature
 
 __all__ = [
+    "KD",
+    "KDLS",
+    "DKD",
+    "DKDLS",
     "kd_loss",
     "standardize_logits",
     "kd_ls_loss",
@@ -23,6 +30,20 @@ __all__ = [
     "dkd_loss",
     "dkd_warmup_factor",
 ]
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 4.0) -> torch.Tensor:
+    """Hinton KD: KL(softmax(t/T) ‖ softmax(s/T)) · T², averaged over the batch (as in the CRD benchmark code)."""
+    check_temperature("kd temperature", temperature)
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(
+            f"student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} differ: "
+            "KD needs teacher and student to predict the same label set."
+        )
+    with float32_math(student_logits):
+        log_p_s = F.log_softmax(student_logits.float() / temperature, dim=1)
+        log_p_t = F.log_softmax(teacher_logits.detach().float() / temperature, dim=1)
+        return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * temperature**2
 
 
 def _check_logits(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> None:
@@ -39,7 +60,7 @@ def standardize_logits(logits: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
     """Z-score every row: `(z − mean(z)) / (std(z) + eps)`, unbiased std, in float32 (Sun et al. 2024, `normalize`)."""
     if logits.dim() != 2 or logits.shape[1] < 2:
         raise ValueError(f"logits must be (batch, classes) with at least 2 classes, got {tuple(logits.shape)}.")
-    with torch.autocast(device_type=logits.device.type, enabled=False):
+    with float32_math(logits):
         logits = logits.float()
         mean = logits.mean(dim=1, keepdim=True)
         std = logits.std(dim=1, keepdim=True)
@@ -75,15 +96,14 @@ def dkd_terms(
     probabilities); this version stays in log space, so it never takes `log(0)`.
     """
     _check_logits(student_logits, teacher_logits)
-    _check_temperature("dkd temperature", temperature)
+    check_temperature("dkd temperature", temperature)
     batch, classes = student_logits.shape
     if labels is None:
         raise ValueError("DKD needs the ground-truth labels of the batch (labels=...).")
     if labels.shape != (batch,) or labels.dtype.is_floating_point or labels.dtype == torch.bool:
         raise ValueError(f"labels must be integer class ids of shape ({batch},), got {tuple(labels.shape)} {labels.dtype}.")
-    if batch and (int(labels.min()) < 0 or int(labels.max()) >= classes):
-        raise ValueError(f"labels must be in [0, {classes}), got min {int(labels.min())}, max {int(labels.max())}.")
-    with torch.autocast(device_type=student_logits.device.type, enabled=False):
+    check_index_range(labels, classes, what="labels", hint="They must be class ids of the models' label set.")
+    with float32_math(student_logits):
         s, t = student_logits.float(), teacher_logits.detach().float()
         if logit_standardization:
             s, t = standardize_logits(s), standardize_logits(t)
@@ -133,3 +153,106 @@ def dkd_warmup_factor(epoch: float, warmup_epochs: float = 20.0) -> float:
     if warmup_epochs <= 0:
         return 1.0
     return float(min(epoch / warmup_epochs, 1.0))
+
+
+# ------------------------------------------------------------------------------------------------ the methods
+def check_same_classes(context: MethodContext, name: str) -> None:
+    student, teacher = context.student.logits, context.teacher.logits
+    if student.dim() != 2 or student.shape[1:] != teacher.shape[1:]:
+        raise ValueError(
+            f"{name}: student logits {tuple(student.shape)} and teacher logits {tuple(teacher.shape)} must be (B, C) "
+            "with the same C: teacher and student must predict the same label set."
+        )
+
+
+@register_method
+class KD(DistillationMethod):
+    """Hinton KD, `KL(p_t ‖ p_s) · T²` at T = 4. The benchmark runs it as 0.1 · CE + 0.9 · KD; RRD+KD uses 1 · KD."""
+
+    name = "kd"
+    default_weight = 0.9
+
+    def __init__(self, context: MethodContext, temperature: float = 4.0):
+        super().__init__(context)
+        check_same_classes(context, self.name)
+        self.check_options({"temperature": temperature})
+        self.temperature = float(temperature)
+
+    @classmethod
+    def check_options(cls, options, *, global_batch_size=None):
+        if "temperature" in options:
+            check_temperature("kd temperature", options["temperature"])
+
+    def forward(self, student, teacher, index=None, labels=None):
+        return kd_loss(student.logits, teacher.logits, self.temperature)
+
+
+@register_method
+class KDLS(KD):
+    """KD with logit standardisation (Sun et al. CVPR'24): KD at T = 2 on z-scored logits, weight 9 (their CIFAR-100
+    setting with CE weight 0.1; see the recipes for the sources of these constants)."""
+
+    name = "kd_ls"
+    default_weight = 9.0
+
+    def __init__(self, context: MethodContext, temperature: float = 2.0):
+        super().__init__(context, temperature)
+
+    def forward(self, student, teacher, index=None, labels=None):
+        return kd_ls_loss(student.logits, teacher.logits, self.temperature)
+
+
+@register_method
+class DKD(DistillationMethod):
+    """Decoupled KD: `w(epoch) · (alpha · TCKD + beta · NCKD)`, alpha 1, beta 8, T 4, warm-up 20 epochs, weight 1.
+
+    `w(epoch) = min(epoch / warmup_epochs, 1)` with mdistiller's 1-based epoch, read from `context.epoch` (1
+    outside a training loop). beta is per pair in the reference configs (see the recipes). Needs the labels.
+    """
+
+    name = "dkd"
+    needs_labels = True
+    default_weight = 1.0
+    uses = "logits, labels"
+    logit_standardization = False
+
+    def __init__(
+        self,
+        context: MethodContext,
+        alpha: float = 1.0,
+        beta: float = 8.0,
+        temperature: float = 4.0,
+        warmup_epochs: float = 20.0,
+    ):
+        super().__init__(context)
+        check_same_classes(context, self.name)
+        check_temperature("dkd temperature", temperature)
+        self.alpha, self.beta = float(alpha), float(beta)
+        self.temperature = float(temperature)
+        self.warmup_epochs = float(warmup_epochs)
+
+    @property
+    def warmup_factor(self) -> float:
+        epoch = self.context.epoch
+        return 1.0 if epoch is None else dkd_warmup_factor(epoch, self.warmup_epochs)
+
+    def forward(self, student, teacher, index=None, labels=None):
+        if labels is None:
+            raise ValueError(f"{self.name} needs the ground-truth labels: call method(student, teacher, labels=labels).")
+        return dkd_loss(
+            student.logits, teacher.logits, labels, self.alpha, self.beta, self.temperature,
+            warmup_factor=self.warmup_factor, logit_standardization=self.logit_standardization,
+        )
+
+
+@register_method
+class DKDLS(DKD):
+    """DKD on z-scored logits ("DKD+LS", Sun et al. CVPR'24): T = 2, weight 9 (see the recipes for the sources)."""
+
+    name = "dkd_ls"
+    default_weight = 9.0
+    logit_standardization = True
+
+    def __init__(self, context: MethodContext, alpha: float = 1.0, beta: float = 8.0, temperature: float = 2.0,
+                 warmup_epochs: float = 20.0):
+        super().__init__(context, alpha, beta, temperature, warmup_epochs)

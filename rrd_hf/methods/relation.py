@@ -17,7 +17,11 @@ import math
 import torch
 import torch.nn.functional as F
 
-__all__ = ["sp_loss", "cc_loss", "rkd_pdist", "rkd_loss", "pkt_loss", "CC_KERNELS"]
+from .base import DistillationMethod, MethodContext, float32_math
+from .heads import LinearEmbed
+from .registry import register_method
+
+__all__ = ["SP", "CC", "RKD", "PKT", "sp_loss", "cc_loss", "rkd_pdist", "rkd_loss", "pkt_loss", "CC_KERNELS"]
 
 CC_KERNELS = ("repdistiller", "gaussian")
 
@@ -40,7 +44,7 @@ def _check_pair(name: str, f_s: torch.Tensor, f_t: torch.Tensor, same_dim: bool 
 def sp_loss(f_s: torch.Tensor, f_t: torch.Tensor) -> torch.Tensor:
     """Similarity preserving: `‖normalize_rows(G_t) − normalize_rows(G_s)‖²_F / B²`, `G = f fᵀ` of flattened maps."""
     _check_pair("SP", f_s, f_t)
-    with torch.autocast(device_type=f_s.device.type, enabled=False):
+    with float32_math(f_s):
         batch = f_s.shape[0]
         s = f_s.float().reshape(batch, -1)
         t = f_t.detach().float().reshape(batch, -1)
@@ -72,7 +76,7 @@ def cc_loss(
     if kernel not in CC_KERNELS:
         raise ValueError(f"CC kernel must be one of {CC_KERNELS}, got {kernel!r}.")
     _check_pair("CC", e_s, e_t, same_dim=kernel == "repdistiller")
-    with torch.autocast(device_type=e_s.device.type, enabled=False):
+    with float32_math(e_s):
         s, t = e_s.float().flatten(1), e_t.float().flatten(1)
         if kernel == "repdistiller":
             delta = (s - t).abs()
@@ -114,7 +118,7 @@ def rkd_loss(
     e_k − e_i) over all triplets. Smooth-L1 with beta = 1, mean reduction.
     """
     _check_pair("RKD", f_s, f_t)
-    with torch.autocast(device_type=f_s.device.type, enabled=False):
+    with float32_math(f_s):
         s = f_s.float().reshape(f_s.shape[0], -1)
         t = f_t.detach().float().reshape(f_t.shape[0], -1)
         with torch.no_grad():
@@ -131,7 +135,7 @@ def pkt_loss(f_s: torch.Tensor, f_t: torch.Tensor, eps: float = 1e-7) -> torch.T
     `mean_ij P_t log((P_t + eps) / (P_s + eps))` (a mean over B² entries, as the reference).
     """
     _check_pair("PKT", f_s, f_t)
-    with torch.autocast(device_type=f_s.device.type, enabled=False):
+    with float32_math(f_s):
 
         def conditional(x: torch.Tensor) -> torch.Tensor:
             x = x.reshape(x.shape[0], -1)
@@ -143,3 +147,76 @@ def pkt_loss(f_s: torch.Tensor, f_t: torch.Tensor, eps: float = 1e-7) -> torch.T
         p_s = conditional(f_s.float())
         p_t = conditional(f_t.detach().float())
         return (p_t * torch.log((p_t + eps) / (p_s + eps))).mean()
+
+
+# ------------------------------------------------------------------------------------------------ the methods
+@register_method
+class SP(DistillationMethod):
+    """Similarity preserving on the last stage output `feat[-2]`, weight 3000."""
+
+    name = "sp"
+    needs_hidden_states = True
+    default_weight = 3000.0
+    uses = "hidden_states[-2]"
+
+    def forward(self, student, teacher, index=None, labels=None):
+        return sp_loss(student.hidden_states[-2], teacher.hidden_states[-2])
+
+
+@register_method
+class CC(DistillationMethod):
+    """Correlation congruence on `LinearEmbed(feat[-1]) → 128` of both models (both embeddings trained), weight 0.02.
+
+    `kernel="repdistiller"` (default) is the form in RepDistiller's `CC.py` that produced the benchmark numbers;
+    `kernel="gaussian"` the paper's Taylor-approximated Gaussian RBF (gamma 0.4, order 2). See `cc_loss`.
+    """
+
+    name = "cc"
+    needs_features = True
+    default_weight = 0.02
+    uses = "features"
+
+    def __init__(self, context: MethodContext, embedding_dim: int = 128, kernel: str = "repdistiller",
+                 gamma: float = 0.4, max_order: int = 2):
+        super().__init__(context)
+        if kernel not in CC_KERNELS:
+            raise ValueError(f"cc kernel must be one of {CC_KERNELS}, got {kernel!r}.")
+        self.embed_s = LinearEmbed(context.student.features.flatten(1).shape[1], embedding_dim)
+        self.embed_t = LinearEmbed(context.teacher.features.flatten(1).shape[1], embedding_dim)
+        self.kernel, self.gamma, self.max_order = kernel, float(gamma), int(max_order)
+
+    def forward(self, student, teacher, index=None, labels=None):
+        with float32_math(student.features):
+            e_s = self.embed_s(student.features.float())
+            e_t = self.embed_t(teacher.features.detach().float())
+        return cc_loss(e_s, e_t, self.kernel, self.gamma, self.max_order)
+
+
+@register_method
+class RKD(DistillationMethod):
+    """Relational KD on `feat[-1]`: distance (25) + angle (50), weight 1."""
+
+    name = "rkd"
+    needs_features = True
+    default_weight = 1.0
+    uses = "features"
+
+    def __init__(self, context: MethodContext, distance_weight: float = 25.0, angle_weight: float = 50.0):
+        super().__init__(context)
+        self.distance_weight, self.angle_weight = float(distance_weight), float(angle_weight)
+
+    def forward(self, student, teacher, index=None, labels=None):
+        return rkd_loss(student.features, teacher.features, self.distance_weight, self.angle_weight)
+
+
+@register_method
+class PKT(DistillationMethod):
+    """Probabilistic knowledge transfer (cosine kernel) on `feat[-1]`, weight 30000."""
+
+    name = "pkt"
+    needs_features = True
+    default_weight = 30000.0
+    uses = "features"
+
+    def forward(self, student, teacher, index=None, labels=None):
+        return pkt_loss(student.features, teacher.features)

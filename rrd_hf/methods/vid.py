@@ -10,9 +10,14 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["vid_loss", "vid_initial_log_scale"]
+from .base import MethodContext, float32_math
+from .feature import StagePairs, pool_to_common_size
+from .registry import register_method
+
+__all__ = ["VID", "VIDRegressor", "vid_loss", "vid_initial_log_scale"]
 
 
 def vid_initial_log_scale(init_pred_var: float = 5.0, eps: float = 1e-5) -> float:
@@ -35,9 +40,54 @@ def vid_loss(pred_mean: torch.Tensor, target: torch.Tensor, log_scale: torch.Ten
         )
     if log_scale.shape != (pred_mean.shape[1],):
         raise ValueError(f"log_scale must have shape ({pred_mean.shape[1]},), got {tuple(log_scale.shape)}.")
-    with torch.autocast(device_type=pred_mean.device.type, enabled=False):
+    with float32_math(pred_mean):
         mean, t = pred_mean.float(), target.detach().float()
         # softplus == log(1 + exp(x)) of the reference, computed without overflow
         pred_var = (F.softplus(log_scale.float()) + eps).view(1, -1, 1, 1)
         neg_log_prob = 0.5 * ((mean - t).pow(2) / pred_var + torch.log(pred_var))
         return neg_log_prob.mean()
+
+
+class VIDRegressor(nn.Module):
+    """VID's per-pair parts: a 1×1-conv regressor (student C → mid → mid → teacher C, ReLUs, no bias) and the
+    per-channel `log_scale` (initial variance 5). RepDistiller builds it as `VIDLoss(s_C, t_C, t_C)`."""
+
+    def __init__(self, s_channels: int, mid_channels: int, t_channels: int, init_pred_var: float = 5.0, eps: float = 1e-5):
+        super().__init__()
+        self.regressor = nn.Sequential(
+            nn.Conv2d(s_channels, mid_channels, 1, bias=False), nn.ReLU(),
+            nn.Conv2d(mid_channels, mid_channels, 1, bias=False), nn.ReLU(),
+            nn.Conv2d(mid_channels, t_channels, 1, bias=False),
+        )
+        self.log_scale = nn.Parameter(torch.full((t_channels,), vid_initial_log_scale(init_pred_var, eps)))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.regressor(x)
+
+
+@register_method
+class VID(StagePairs):
+    """Variational information distillation over the stage pairs `feat[1:-1]` (regressor mid channels = teacher
+    channels, initial variance 5), weight 1. Each pair's regressor and log-scale are trained."""
+
+    name = "vid"
+    default_weight = 1.0
+
+    def __init__(self, context: MethodContext, init_pred_var: float = 5.0, eps: float = 1e-5):
+        super().__init__(context)
+        s_maps, t_maps = self.stage_maps(context.student, "student"), self.stage_maps(context.teacher, "teacher")
+        self.regressors = nn.ModuleList(
+            VIDRegressor(s.shape[1], t.shape[1], t.shape[1], init_pred_var=init_pred_var, eps=eps)
+            for s, t in zip(s_maps, t_maps)
+        )
+
+    def forward(self, student, teacher, index=None, labels=None):
+        total = 0.0
+        pairs = zip(student.hidden_states[1:-1], teacher.hidden_states[1:-1], self.regressors)
+        for f_s, f_t, regressor in pairs:
+            f_s, f_t = pool_to_common_size(f_s, f_t.detach())
+            with float32_math(f_s):
+                mean = regressor(f_s.float())
+            total = total + vid_loss(mean, f_t, regressor.log_scale, regressor.eps)
+        return total

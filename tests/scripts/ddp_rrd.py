@@ -30,7 +30,7 @@ def main(out_dir: str, per_device_batch: int, variant: str) -> None:
     trainer.train()
     rank = trainer.args.process_index
     state = {f"student.{k}": v for k, v in trainer.model.state_dict().items()}
-    state |= {f"distill.{k}": v for k, v in trainer.distillers.state_dict().items()}
+    state |= {f"distill.{k}": v for k, v in trainer.methods.state_dict().items()}
     save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, os.path.join(out_dir, f"rank{rank}.safetensors"))
     logs = [log for log in trainer.state.log_history if "loss" in log]
     with open(os.path.join(out_dir, f"logs{rank}.json"), "w") as handle:

@@ -1,9 +1,14 @@
-"""Memories of teacher embeddings that RRD compares every sample against.
+"""Memories of embeddings that RRD (and CRD's banks, in `crd.py`) compare every sample against.
 
 Both memories are updated *out of place* (the buffer is replaced by a new tensor), so a loss that still holds the
 previous memory in its autograd graph is never invalidated by an update, whichever order enqueue and loss run in.
 Both are deterministic functions of a seed and of the keys they receive: under data parallelism every process
 feeds them the keys gathered from all processes, so every process holds the identical memory.
+
+No update or read waits for the accelerator: counters that decide random draws are mirrored on the host (restored
+from the state dict when a checkpoint is loaded), random numbers are drawn on the memory's device, and nothing
+data-dependent is read back. Index ranges are checked on CPU; on an accelerator an out-of-range index fails in the
+indexing kernel itself.
 """
 
 from __future__ import annotations
@@ -12,10 +17,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["FifoMemory", "MomentumMemory", "build_memory", "momentum_update"]
+__all__ = ["FifoMemory", "MomentumMemory", "build_memory", "momentum_update", "first_occurrence", "check_index_range",
+           "MEMORY_TYPES"]
+
+MEMORY_TYPES = ("fifo", "momentum")
 
 
-def _random_unit_rows(rows: int, dim: int, seed: int) -> torch.Tensor:
+def random_unit_rows(rows: int, dim: int, seed: int) -> torch.Tensor:
     # Rows (not columns, as in the reference code) have unit norm from the start, so the first steps already
     # compare against valid points on the sphere. The seed, not the global RNG, decides them: identical on every
     # process whatever else consumed random numbers before.
@@ -23,11 +31,36 @@ def _random_unit_rows(rows: int, dim: int, seed: int) -> torch.Tensor:
     return F.normalize(torch.randn(rows, dim, generator=generator), dim=1)
 
 
+_MEMORY_HINT = ("The memory is sized by the training set (its largest `index` + 1): train on the dataset the trainer "
+                "was built with.")
+
+
+def check_index_range(indices: torch.Tensor, size: int, what: str = "sample index", hint: str = _MEMORY_HINT) -> None:
+    """Fail clearly on an index outside `[0, size)` when that costs nothing (CPU tensors); see the module docstring."""
+    if indices.device.type != "cpu" or indices.numel() == 0:
+        return
+    low, high = int(indices.min()), int(indices.max())
+    if low < 0 or high >= size:
+        raise ValueError(f"{what} out of range [0, {size}): min {low}, max {high}. {hint}")
+
+
+def first_occurrence(indices: torch.Tensor) -> torch.Tensor:
+    """For every position, the position of the first occurrence of its value (a batch-sized sort, no sync)."""
+    sorted_values, order = torch.sort(indices, stable=True)
+    positions = torch.arange(indices.numel(), device=indices.device)
+    starts = torch.ones_like(sorted_values, dtype=torch.bool)
+    starts[1:] = sorted_values[1:] != sorted_values[:-1]
+    group_start = torch.cummax(torch.where(starts, positions, 0), dim=0).values
+    first = torch.empty_like(order)
+    first[order] = order[group_start]  # the stable sort keeps the earliest copy at the start of its group
+    return first
+
+
 def momentum_update(memory: torch.Tensor, keys: torch.Tensor, indices: torch.Tensor, momentum: float) -> torch.Tensor:
     """A new bank with rows `indices` set to `normalize(momentum · memory[i] + (1 − momentum) · key)` (out of place).
 
-    With repeated indices (a padded last batch under data parallelism) each index's first occurrence is used, so
-    the result does not depend on the order of duplicate writes.
+    With repeated indices (a padded last batch under data parallelism) every copy writes the value computed from
+    the index's first occurrence, so the result does not depend on the order of duplicate writes.
     """
     keys = keys.detach().to(device=memory.device, dtype=memory.dtype)
     indices = indices.detach().to(device=memory.device, dtype=torch.long).reshape(-1)
@@ -37,33 +70,44 @@ def momentum_update(memory: torch.Tensor, keys: torch.Tensor, indices: torch.Ten
         )
     if indices.numel() == 0:
         return memory
-    if int(indices.min()) < 0 or int(indices.max()) >= memory.shape[0]:
-        raise ValueError(
-            f"sample index out of range [0, {memory.shape[0]}): min {int(indices.min())}, max {int(indices.max())}. "
-            "The memory must be sized with the number of training samples."
-        )
-    unique, inverse = torch.unique(indices, return_inverse=True)
-    positions = torch.arange(indices.numel(), device=indices.device)
-    first = torch.full_like(unique, indices.numel()).scatter_reduce(0, inverse, positions, reduce="amin")
-    indices, keys = indices[first], keys[first]
-    blended = F.normalize(momentum * memory.index_select(0, indices) + (1 - momentum) * keys, dim=1)
+    check_index_range(indices, memory.shape[0])
+    first = first_occurrence(indices)
+    blended = F.normalize(momentum * memory.index_select(0, indices) + (1 - momentum) * keys.index_select(0, first), dim=1)
     return memory.index_copy(0, indices, blended)
 
 
-class FifoMemory(nn.Module):
+class _HostCounter(nn.Module):
+    """Base of the memories: `num_updates` lives in the state dict and, for the random draws, on the host."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
+        self.updates = 0  # host mirror of num_updates: reading the buffer would wait for the accelerator
+
+    def _count_update(self) -> None:
+        self.updates += 1
+        self.num_updates = self.num_updates + 1
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self.updates = int(self.num_updates)  # once per load, not per step
+
+
+class FifoMemory(_HostCounter):
     """Ring buffer of the `size` most recent teacher embeddings (the memory behind the published RRD numbers).
 
     Accepts any number of rows per update: a short last batch, `size` not divisible by the batch, and more rows
     than `size` (only the newest `size` are kept).
     """
 
+    needs_indices = False
+
     def __init__(self, size: int, dim: int, seed: int = 0):
         super().__init__()
         if size < 1 or dim < 1:
             raise ValueError(f"memory size and dim must be >= 1, got size={size}, dim={dim}.")
-        self.register_buffer("keys", _random_unit_rows(size, dim, seed))
+        self.register_buffer("keys", random_unit_rows(size, dim, seed))
         self.register_buffer("pointer", torch.zeros((), dtype=torch.long))
-        self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
         self.register_buffer("num_written", torch.zeros((), dtype=torch.long))
 
     @property
@@ -93,17 +137,17 @@ class FifoMemory(nn.Module):
         positions = (self.pointer + skipped + torch.arange(keys.shape[0], device=keys.device)) % self.size
         self.keys = self.keys.index_copy(0, positions, keys)
         self.pointer = (self.pointer + n) % self.size
-        self.num_updates = self.num_updates + 1
         self.num_written = self.num_written + n
+        self._count_update()
 
 
-class MomentumMemory(nn.Module):
+class MomentumMemory(_HostCounter):
     """One slot per training sample, each a momentum average of that sample's teacher embeddings.
 
     `update` sets slot i to normalize(momentum · slot_i + (1 − momentum) · key_i), which needs each sample's
     dataset index. The loss compares against `num_anchors` slots drawn uniformly without replacement at every
     step (all slots when `num_anchors` is None or at least the number of samples). The draw depends only on the
-    seed and the update counter, so it is identical on every process and after a resume.
+    seed and the update counter, so it is identical on every process and after a resume (on a given device type).
 
     Deliberate differences from the reference code's momentum variant (its quirks, not part of the method):
     similarities are plain cosine similarities of L2-normalised embeddings (the reference applies a second softmax
@@ -111,6 +155,8 @@ class MomentumMemory(nn.Module):
     teacher distributions are taken against this one bank of *teacher* embeddings (the reference crosses them:
     student against the teacher bank, teacher against a bank of student embeddings).
     """
+
+    needs_indices = True
 
     def __init__(self, num_samples: int, dim: int, momentum: float = 0.5, num_anchors: int | None = 16384, seed: int = 0):
         super().__init__()
@@ -121,8 +167,7 @@ class MomentumMemory(nn.Module):
         self.momentum = float(momentum)
         self.num_anchors = num_anchors
         self.seed = int(seed)
-        self.register_buffer("keys", _random_unit_rows(num_samples, dim, seed))
-        self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
+        self.register_buffer("keys", random_unit_rows(num_samples, dim, seed))
         self.register_buffer("written", torch.zeros(num_samples, dtype=torch.bool))
 
     @property
@@ -136,8 +181,9 @@ class MomentumMemory(nn.Module):
     def anchor_indices(self) -> torch.Tensor | None:
         if self.num_anchors is None or self.num_anchors >= self.size:
             return None
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + int(self.num_updates))
-        return torch.randperm(self.size, generator=generator)[: self.num_anchors].to(self.keys.device)
+        device = self.keys.device
+        generator = torch.Generator(device=device).manual_seed(self.seed * 1_000_003 + self.updates)
+        return torch.randperm(self.size, generator=generator, device=device)[: self.num_anchors]
 
     def anchors(self) -> torch.Tensor:
         indices = self.anchor_indices()
@@ -155,7 +201,7 @@ class MomentumMemory(nn.Module):
             return
         self.keys = momentum_update(self.keys, keys, indices, self.momentum)
         self.written = self.written.index_fill(0, indices, True)
-        self.num_updates = self.num_updates + 1
+        self._count_update()
 
 
 def build_memory(
@@ -174,4 +220,4 @@ def build_memory(
         if num_samples is None:
             raise ValueError("memory_type='momentum' needs num_samples (the length of the training dataset).")
         return MomentumMemory(num_samples, dim, momentum=momentum, num_anchors=size, seed=seed)
-    raise ValueError(f"unknown memory_type {memory_type!r}: use 'fifo' or 'momentum'.")
+    raise ValueError(f"unknown memory_type {memory_type!r}: use one of {MEMORY_TYPES}.")

@@ -38,6 +38,7 @@ import math
 import os
 import resource
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -323,6 +324,7 @@ def _child_env(args) -> dict:
 
 def run_child(kind: str, spec: dict, work: Path, label: str, env: dict) -> tuple[float, float, dict | None, Path]:
     """Run one side in a fresh process; return (wall s, CPU s of it and its children, its report, its log)."""
+    shutil.rmtree(spec["output_dir"], ignore_errors=True)  # scratch of an earlier invocation with this --work-dir
     spec_path = work / f"{label}.spec.json"
     result_path = work / f"{label}.result.json"
     log_path = work / f"{label}.log"
@@ -557,6 +559,7 @@ def main(argv=None) -> list[dict]:
             spec = dict(base_spec, student=teacher_name, weights=METHODS["CE"], epochs=args.teacher_epochs,
                         output_dir=str(work / "runs" / pair / "teacher"), flags=args.rrd_flags, teacher_path=None)
             wall, cpu, report, log = run_child(RRD_HF, spec, work, f"{pair}-teacher", env)
+            last_duration = wall
             run = Run(pair, "teacher", RRD_HF, 0, wall, cpu, report is not None, report or {})
             runs.append(run)
             print(f"{pair:<22} teacher {teacher_name}: {wall:.1f} s wall, top-1 {_fmt(run.child.get('last_top1'))}",

@@ -124,7 +124,7 @@ def time_against_reference(trainer, reference, batch_size: int, num_samples: int
 
 def state_elements(trainer) -> int:
     """Buffer elements the method keeps (memories, banks): what grows with K or with the dataset."""
-    return sum(b.numel() for b in trainer.distillers.buffers())
+    return sum(b.numel() for b in trainer.methods.buffers())
 
 
 def main(argv=None) -> list[dict]:

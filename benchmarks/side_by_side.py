@@ -468,7 +468,7 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--json", default=None, help="write every run and the summary to this JSON file")
     parser.add_argument("--csv", default=None, help="write the summary to this CSV file")
     parser.add_argument("--quick", action="store_true",
-                        help="smoke test: generated data, 128 images, resnet20-resnet8, KD RRD CRD once")
+                        help="smoke test: generated data, 128 images, resnet20-resnet8, RRD+KD and CRD once")
     parser.add_argument("--report", nargs="+", metavar="JSON", help="only print the summaries of earlier --json files")
     parser.add_argument("--child", choices=(PLAIN, RRD_HF), help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
@@ -492,7 +492,7 @@ def main(argv=None) -> list[dict]:
     if args.quick:
         args.generated, args.num_images, args.pairs, args.repeats = True, 128, "resnet20-resnet8", 1
         args.warmup_steps = 1
-        args.methods = args.methods or "KD,RRD,CRD"
+        args.methods = args.methods or "RRD+KD,CRD"
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     sys.path.insert(0, str(REPO))

@@ -27,8 +27,8 @@ WHEELS="${WHEELS:-.whl}"
 WORK="${WORK:-/tmp/rrd_hf_device}"
 BUDGET_S="${BUDGET_S:-550}"                # the whole script; the tool kills a command at 600 s
 SPEED_BUDGET_S="${SPEED_BUDGET_S:-220}"
-PER_SAMPLE_FLAGS="${PER_SAMPLE_FLAGS:---device_augmentation false}"
-ACCURACY_FLAGS="${ACCURACY_FLAGS:---device_augmentation true}"
+PER_SAMPLE_FLAGS="${PER_SAMPLE_FLAGS:---data_path per_sample}"
+ACCURACY_FLAGS="${ACCURACY_FLAGS:-}"            # rrd_hf's default data path
 if [ "$DRY_RUN" = 1 ]; then               # the same steps on a tiny budget, on the CPU
   SPEED_PAIRS="${SPEED_PAIRS:-resnet20-resnet8}"
   SPEED_IMAGES="${SPEED_IMAGES:-128}"; WARMUP_STEPS="${WARMUP_STEPS:-1}"; WORKERS="${WORKERS:-2}"

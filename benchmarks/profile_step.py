@@ -16,7 +16,7 @@ which removes the overlap of host and device work: compare the parts, not the to
 
     python benchmarks/profile_step.py                                # resnet32x4 -> resnet8x4, KD, 20 steps
     python benchmarks/profile_step.py --pair resnet20-resnet8 --method RRD --steps 30
-    python benchmarks/profile_step.py --rrd-flags "--device_augmentation true" --trace   # + torch.profiler tables
+    python benchmarks/profile_step.py --rrd-flags "--data_path per_sample" --trace   # + torch.profiler tables
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ rrd_hf / plain per method and pair, the adjacent runs of one repeat paired.
     python benchmarks/side_by_side.py --quick            # smoke test on generated images, about a minute
     python benchmarks/side_by_side.py                    # both pairs, CE KD RRD RRD+KD CRD, 6,400 images, 3 repeats
     python benchmarks/side_by_side.py --pairs resnet20-resnet8 --methods KD,RRD --repeats 5 --json out.json
-    python benchmarks/side_by_side.py --variant per_sample="--device_augmentation false" --reference per_sample
+    python benchmarks/side_by_side.py --variant per_sample="--data_path per_sample" --reference per_sample
 
 Data: ../shared/data/cifar10 when present (the first N training images), else generated JPEG images in the same
 Hub layout. Teachers: randomly initialised zoo models saved once with save_pretrained (speed only), unless
@@ -445,7 +445,7 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--methods", default=None, help=f"comma-separated, from {', '.join(METHODS)} (default: all)")
     parser.add_argument("--sides", default=f"{PLAIN},{RRD_HF}", help="plain and/or rrd_hf (and variant names)")
     parser.add_argument("--variant", action="append", default=[], metavar='NAME="--flag value ..."',
-                        help="an extra rrd_hf run with these flags, e.g. per_sample=\"--device_augmentation false\"")
+                        help="an extra rrd_hf run with these flags, e.g. per_sample=\"--data_path per_sample\"")
     parser.add_argument("--reference", default=None, help="also print ratios to this variant (e.g. per_sample)")
     parser.add_argument("--rrd-flags", default="", help="flags added to every rrd_hf run (e.g. \"--bf16 true\")")
     parser.add_argument("--repeats", type=int, default=3)

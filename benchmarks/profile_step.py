@@ -6,7 +6,7 @@ augmentation), student forward, teacher forward, loss / method (everything else 
 memory, CRD banks, the teacher input adapter), backward, optimizer step, and the rest ("Trainer / loop": what
 `Trainer` does around a step — callbacks, loss accumulation, NaN filter, FLOP counting, LR scheduler, zeroing
 gradients, logging — or the plain loop's meters). Times are exclusive (a part inside another counts once) and
-averaged over `--steps` steps after `--warmup` steps.
+averaged over `--steps` steps after `--warmup` steps; the sides run in turn `--rounds` times (median per part).
 
 rrd_hf is timed through `python -m rrd_hf.train`'s `main` with a recipe of side_by_side.py, by wrapping the Trainer
 methods every Trainer has (`get_batch_samples`, `training_step`, `compute_loss`, and `_prepare_inputs` when
@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import shlex
+import statistics
 import sys
 import tempfile
 import time
@@ -239,6 +240,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--steps", type=int, default=20, help="timed steps")
     parser.add_argument("--rrd-flags", default="", help="flags added to the rrd_hf run (e.g. a data path)")
     parser.add_argument("--sides", default="rrd_hf,plain")
+    parser.add_argument("--rounds", type=int, default=2, help="run the sides in turn this many times (median)")
     parser.add_argument("--no-sync", action="store_true", help="on CUDA, do not synchronise at part boundaries")
     parser.add_argument("--trace", action="store_true", help="also print torch.profiler's top operators per side")
     parser.add_argument("--cpu", action="store_true")
@@ -278,15 +280,21 @@ def main(argv=None) -> dict:
             "num_labels": len(info.class_names), "student": student_name, "teacher_path": str(teacher_path),
             "weights": sbs.METHODS[args.method], "output_dir": str(work / "run"), "flags": args.rrd_flags,
         }
-        timers = {}
-        for side in [s.strip() for s in args.sides.split(",") if s.strip()]:
-            profile = profile_rrd_hf if side == sbs.RRD_HF else profile_plain
-            timers[side] = profile(spec, args, cuda)
-            results[side] = timers[side].per_step_ms(args.steps)
+        timers, rounds = {}, defaultdict(list)
+        for round_ in range(args.rounds):  # sides in turn, so that machine noise hits both alike
+            for side in [s.strip() for s in args.sides.split(",") if s.strip()]:
+                profile = profile_rrd_hf if side == sbs.RRD_HF else profile_plain
+                spec["output_dir"] = str(work / f"run-{side}-{round_}")
+                timers[side] = profile(spec, args, cuda)
+                rounds[side].append(timers[side].per_step_ms(args.steps))
+                print(f"round {round_ + 1}/{args.rounds} {side}: {rounds[side][-1]['total']:.1f} ms per step", flush=True)
+        for side, values in rounds.items():
+            results[side] = {part: statistics.median(v[part] for v in values) for part in values[0]}
 
     where = sbs._device_name(cuda)
     print(f"\n{args.pair} {args.method}, batch {args.batch_size}, {args.workers} workers, data {origin}, {where}, "
-          f"torch {torch.__version__}; ms per step, mean of {args.steps} steps after {args.warmup} "
+          f"torch {torch.__version__}; ms per step, mean of {args.steps} steps after {args.warmup}, median of "
+          f"{args.rounds} rounds "
           f"({'synchronised at every boundary' if cuda and not args.no_sync else 'host wall clock'}); "
           f"load average {os.getloadavg()[0]:.2f}")
     sides = list(results)

@@ -14,13 +14,23 @@ import json
 import logging
 import os
 import re
+import shutil
 
-__all__ = ["COMPLETE_MARKER", "mark_complete", "is_complete", "incomplete_reason", "list_checkpoints", "latest_complete_checkpoint",
-           "finished_outputs"]
+import torch.nn as nn
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+__all__ = ["COMPLETE_MARKER", "DISTILL_STATE_NAME", "LEGACY_STATE_NAME", "mark_complete", "is_complete",
+           "incomplete_reason", "list_checkpoints", "latest_complete_checkpoint", "resolve_resume", "finished_outputs",
+           "check_output_dir", "rotate_checkpoints", "save_method_state", "load_method_state"]
 
 logger = logging.getLogger(__name__)
 
 COMPLETE_MARKER = "checkpoint_complete.json"
+#: File inside each `checkpoint-*` folder with every method's state (heads, memories; never in the final model).
+DISTILL_STATE_NAME = "distill_state.safetensors"
+#: Its name before every term was a method; still read when resuming.
+LEGACY_STATE_NAME = "rrd_state.safetensors"
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 #: Files a finished run leaves in output_dir (save_model's folder): their presence means "a model lives here".
 _FINISHED_FILES = ("model.safetensors", "model.safetensors.index.json", "results.json")
@@ -108,11 +118,97 @@ def latest_complete_checkpoint(output_dir: str) -> str | None:
 
 
 def finished_outputs(output_dir: str) -> list[str]:
-    """What in `output_dir` a new run would overwrite or mix with: a saved model, results, checkpoints."""
+    """What in `output_dir` a new run would overwrite or mix with: a saved model, results, complete checkpoints
+    (half-written ones hold nothing to resume from, and a new run writes over them)."""
     if not os.path.isdir(output_dir):
         return []
     found = [name for name in _FINISHED_FILES if os.path.exists(os.path.join(output_dir, name))]
-    checkpoints = [os.path.basename(path) for _, path in list_checkpoints(output_dir)]
+    checkpoints = [os.path.basename(path) for _, path in list_checkpoints(output_dir) if is_complete(path)]
     if checkpoints:
         found.append(f"{len(checkpoints)} checkpoint folder(s) ({checkpoints[-1]}, ...)")
     return found
+
+
+def resolve_resume(value, output_dir: str) -> str | None:
+    """The checkpoint folder a `resume_from_checkpoint` value names: `"latest"`/`True` the newest complete one (None
+    when there is none yet: a new run), a path that folder once it is checked to be complete."""
+    if value in (None, False, ""):
+        return None
+    if value is True or value == "latest":
+        path = latest_complete_checkpoint(output_dir)
+        if path is None:
+            logger.info("no complete checkpoint in %s: starting a new run.", output_dir)
+        return path
+    path = os.fspath(value)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"resume_from_checkpoint={path!r} is not a folder: give a checkpoint-N folder of this "
+                                "run, or 'latest' for the newest complete one.")
+    reason = incomplete_reason(path)
+    if reason is not None:
+        raise ValueError(f"{path} is not a complete checkpoint ({reason}): resume from 'latest', which picks the newest "
+                         "complete checkpoint.")
+    return path
+
+
+def check_output_dir(output_dir: str, overwrite: bool, remove_checkpoints: bool = True) -> None:
+    """Refuse to start a new run where a finished one lives, unless `overwrite`; then old checkpoints go (they must
+    not mix with the new run's). Call only for runs that do not resume."""
+    found = finished_outputs(output_dir)
+    if not found:
+        return
+    if not overwrite:
+        raise FileExistsError(
+            f"{output_dir} already holds a run ({'; '.join(found)}). Resume it with resume_from_checkpoint='latest' "
+            "(--resume_from_checkpoint latest), choose another output_dir, or pass overwrite_output_dir=True "
+            "(--overwrite_output_dir) to replace it."
+        )
+    if remove_checkpoints:
+        for _, path in list_checkpoints(output_dir):
+            shutil.rmtree(path)
+        logger.warning("overwrite_output_dir: replacing the run in %s (%s).", output_dir, "; ".join(found))
+
+
+def rotate_checkpoints(run_dir: str, limit: int | None, best: str | None = None) -> None:
+    """Keep the newest `limit` complete checkpoints (and `best`); delete older ones and partial ones older than the
+    newest complete checkpoint (left by an interrupted save)."""
+    checkpoints = list_checkpoints(run_dir)
+    complete = [path for _, path in checkpoints if is_complete(path)]
+    if not complete:
+        return
+    newest_step = max(step for step, path in checkpoints if path == complete[-1])
+    keep = set(complete[-limit:]) if limit else set(complete)
+    if best:
+        keep.add(os.path.join(run_dir, os.path.basename(best)))
+    for step, path in checkpoints:
+        if (path in complete and path not in keep) or (path not in complete and step < newest_step):
+            logger.info("deleting checkpoint %s (save_total_limit=%s)", path, limit)
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def save_method_state(methods: nn.Module, folder: str) -> None:
+    state = {name: tensor.detach().cpu().contiguous() for name, tensor in methods.state_dict().items()}
+    save_file(state, os.path.join(folder, DISTILL_STATE_NAME), metadata={"format": "pt"})
+
+
+def load_method_state(methods: nn.Module, folder: str, device, objective: str) -> None:
+    """Restore the methods' state from a checkpoint folder (the current file name or the legacy one)."""
+    path = next((os.path.join(folder, name) for name in (DISTILL_STATE_NAME, LEGACY_STATE_NAME)
+                 if os.path.isfile(os.path.join(folder, name))), None)
+    if path is None:
+        raise FileNotFoundError(
+            f"{folder} has no {DISTILL_STATE_NAME}: it was not written by RRDTrainer with these losses, so the methods' "
+            "heads and memories cannot be restored and the resumed run would differ from an uninterrupted one. Resume "
+            "from a checkpoint of this run, or start a new run (resume_from_checkpoint=None)."
+        )
+    try:
+        state = load_file(path, device=str(device))
+    except SafetensorError as error:
+        raise OSError(f"{path} cannot be read ({error}): the file is truncated or corrupt. Resume from another "
+                      "checkpoint ('latest' skips incomplete ones).") from error
+    try:
+        methods.load_state_dict(state)
+    except RuntimeError as error:
+        raise RuntimeError(
+            f"{path} does not match this run's objective ({objective}; options, embedding sizes, memory sizes or the "
+            f"feature sizes changed): {error}"
+        ) from error

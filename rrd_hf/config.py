@@ -270,7 +270,11 @@ class RRDConfig(TrainingArguments):
     check_finite: bool = field(
         default=True, metadata={"help": "Stop when a loss term, gradient or BatchNorm statistic is NaN or infinite."}
     )
-    # Changed TrainingArguments defaults: the trainer computes its losses itself and needs the raw columns.
+    # Changed TrainingArguments defaults: the trainer computes its losses itself and needs the raw columns; NaN and
+    # inf losses stop the run (check_finite) instead of being hidden from the log, at no per-step sync.
+    logging_nan_inf_filter: bool = field(
+        default=False, metadata={"help": "Kept False: check_finite stops a run at a non-finite loss instead."}
+    )
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Kept False: transforms need the raw columns, the loss needs `index`."}
     )

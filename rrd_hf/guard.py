@@ -38,6 +38,7 @@ class FiniteGuard:
     def reset(self, step: int) -> None:
         """Start observing at optimizer step `step` (the trainer's global step before the next update)."""
         self.tripped = torch.zeros((), dtype=torch.bool, device=self.device)
+        self.settled = self.tripped  # tripped before the current step: later steps no longer overwrite the records
         self.step = torch.full((), step, dtype=torch.long, device=self.device)  # advanced on the device
         self.first_step = torch.full((), -1, dtype=torch.long, device=self.device)
         self.records: dict[str, tuple[list[str], torch.Tensor]] = {}
@@ -46,11 +47,10 @@ class FiniteGuard:
     def _record(self, kind: str, names: list[str], values: torch.Tensor) -> None:
         values = values.detach().float().reshape(-1)
         bad = ~torch.isfinite(values).all()
-        new = bad & ~self.tripped
         previous = self.records.get(kind)
         kept = values if previous is None or previous[1].shape != values.shape else previous[1]
-        self.records[kind] = (names, torch.where(new, values, kept))
-        self.first_step = torch.where(new, self.step, self.first_step)
+        self.records[kind] = (names, torch.where(self.settled, kept, values))  # every kind, at the first bad step
+        self.first_step = torch.where(bad & ~self.tripped, self.step, self.first_step)
         self.tripped = self.tripped | bad
 
     def observe(self, terms: dict[str, torch.Tensor], pixel_values: torch.Tensor | None = None) -> None:
@@ -75,6 +75,7 @@ class FiniteGuard:
             norms = torch._foreach_norm([buffer for _, buffer in buffers])
             self._record("BatchNorm statistic", [name for name, _ in buffers], torch.stack(norms))
         self.step = self.step + 1
+        self.settled = self.tripped
         return self.tripped
 
     def raise_if_tripped(self) -> None:
@@ -84,10 +85,11 @@ class FiniteGuard:
         step = int(self.first_step) + 1  # the step that did not happen: Trainer counts completed steps from 1
         found = []
         for kind, (names, values) in self.records.items():
-            for name, value in zip(names, values.tolist()):
-                if not math.isfinite(value):
-                    found.append(f"{name} is {_fmt(value)}" if kind == "loss" else f"the {kind} {name} is {_fmt(value)}")
-        what = "; ".join(found[:5]) + (f" (and {len(found) - 5} more)" if len(found) > 5 else "")
+            bad = [f"{name} is {_fmt(value)}" for name, value in zip(names, values.tolist()) if not math.isfinite(value)]
+            if bad:
+                label = "" if kind == "loss" else f"the {kind}{'s' if len(bad) > 1 else ''} "
+                found.append(label + ", ".join(bad[:3]) + (f" (and {len(bad) - 3} more)" if len(bad) > 3 else ""))
+        what = "; ".join(found)
         pixels = float(self.max_pixel)
         raise NonFiniteError(
             f"{what} at step {step}: training stopped before that optimizer step was applied; nothing non-finite was "

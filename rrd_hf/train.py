@@ -214,13 +214,12 @@ def _build_student(model_args: ModelArguments, num_labels: int, class_names: lis
         label_kwargs = {"id2label": dict(enumerate(class_names)), "label2id": {n: i for i, n in enumerate(class_names)}}
     if is_zoo_name(model_args.student) and not os.path.exists(model_args.student):
         overrides = json.loads(model_args.student_init_kwargs) if model_args.student_init_kwargs else {}
-        return build_model(model_args.student, num_labels=num_labels, **label_kwargs, **overrides), True
-    return load_image_classifier(model_args.student, role="student"), False
+        return build_model(model_args.student, num_labels=num_labels, **label_kwargs, **overrides)
+    return load_image_classifier(model_args.student, role="student")
 
 
 def run(model_args: ModelArguments, data_args: DataArguments, config, *, teacher_only: bool = False) -> dict:
     """Train, save the student (Hub-ready) into `output_dir`, write `results.json`, and return the results."""
-    from .models import cifar_image_processor
     from .results import RESULTS_NAME, summarize_log_history
     from .trainer import RRDTrainer
 
@@ -229,24 +228,25 @@ def run(model_args: ModelArguments, data_args: DataArguments, config, *, teacher
             f"train-teacher trains with cross-entropy only, but the recipe's objective is {config.describe_objective()}: "
             "set kd_weight and rrd_weight to 0 and remove distill_method/distill_terms (or use `rrd-hf train`)."
         )
-    train, evaluation, transform, num_labels, class_names, info = _load_splits(data_args, config.seed, config)
+    # Fail before decoding any data: a resume point that is not there, or a finished run in output_dir.
+    from .checkpoints import check_output_dir, resolve_resume
+
+    if resolve_resume(config.resume_from_checkpoint, config.output_dir) is None:
+        check_output_dir(config.output_dir, config.overwrite_output_dir, remove_checkpoints=False)
+    train, evaluation, transform, num_labels, class_names, _ = _load_splits(data_args, config.seed, config)
     # The student's initial weights come from the seed: the same recipe and seed give the same run.
     from transformers.trainer_utils import enable_full_determinism, set_seed
 
     (enable_full_determinism if config.full_determinism else set_seed)(config.seed)
-    student, from_zoo = _build_student(model_args, num_labels, class_names)
+    student = _build_student(model_args, num_labels, class_names)
     if student.config.num_labels != num_labels:
         raise ValueError(
             f"the student predicts {student.config.num_labels} classes but {data_args.dataset!r} has {num_labels}: "
             "use a student built for this dataset."
         )
-    processor = cifar_image_processor(mean=info.mean, std=info.std, size=data_args.image_size) if from_zoo else None
-    if config.student_image_mean is None:  # batches are normalised with the dataset's statistics
-        config.student_image_mean, config.student_image_std = list(info.mean), list(info.std)
-    trainer = RRDTrainer(
-        model=student, args=config, train_dataset=train, eval_dataset=evaluation, processing_class=processor,
-        batch_transform=transform,
-    )
+    # The processor saved with the student, its class names and the teacher's input adapter follow the data.
+    trainer = RRDTrainer(model=student, args=config, train_dataset=train, eval_dataset=evaluation,
+                         batch_transform=transform)
     train_output = trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     if config.eval_strategy == "no":  # still report the final accuracy (it lands in log_history)
         trainer.evaluate()

@@ -6,45 +6,41 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
 from collections import defaultdict
 from typing import Any, Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch.nn.parallel import DistributedDataParallel
 from transformers import PreTrainedModel, Trainer, TrainerCallback
 
 from .checkpoints import (
-    finished_outputs,
-    incomplete_reason,
-    is_complete,
-    latest_complete_checkpoint,
-    list_checkpoints,
+    DISTILL_STATE_NAME,
+    check_output_dir,
+    load_method_state,
     mark_complete,
+    resolve_resume,
+    rotate_checkpoints,
+    save_method_state,
 )
 from .config import RRDConfig
-from .data.indexing import index_slots, labels_by_index
+from .data import dataset_stats, set_epoch
 from .features import ActivationReader
 from .guard import FiniteGuard
 from .hub import HubMixin
-from .methods import MethodContext, build_method, method_class
+from .methods import MethodContext, method_class
 from .metrics import compute_classification_metrics
+from .objective import build_objective
+from .optimization import multistep_schedule, use_fused_step
 from .pretrained import load_image_classifier
 from .stages import Stage, init_stages, set_student_mode, stage_training
+from .student import name_classes_from_data, processor_matching_data
 from .teacher import ImageStats, build_teacher_input_adapter, check_same_labels, image_stats_from_processor, resolve_teacher
 
-__all__ = ["RRDTrainer", "DISTILL_STATE_NAME", "LEGACY_STATE_NAME"]
+__all__ = ["RRDTrainer", "DISTILL_STATE_NAME"]
 
 logger = logging.getLogger(__name__)
-
-#: File inside each `checkpoint-*` folder with every method's state (heads, memories; never in the final model).
-DISTILL_STATE_NAME = "distill_state.safetensors"
-#: Its name before every term was a method; still read when resuming.
-LEGACY_STATE_NAME = "rrd_state.safetensors"
 _BATCH_ONLY_KEYS = ("labels", "index")
 _AUTOCAST_CASTS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Linear)
 
@@ -130,6 +126,9 @@ class RRDTrainer(HubMixin, Trainer):
             raise ValueError("RRDTrainer needs the student as `model` (a PreTrainedModel, local path or Hub id).")
         if isinstance(model, (str, os.PathLike)):
             model = load_image_classifier(model, role="student")
+        data_stats = dataset_stats(train_dataset, batch_transform) if train_dataset is not None else None
+        processing_class = processor_matching_data(processing_class, data_stats, train_dataset, batch_transform)
+        name_classes_from_data(model, train_dataset)
         teacher = resolve_teacher(teacher_model, args, teacher_model_init_kwargs or {})
         if teacher is not None:
             check_same_labels(model, teacher)
@@ -169,7 +168,8 @@ class RRDTrainer(HubMixin, Trainer):
             self.teacher_reader = ActivationReader(self.teacher, "teacher", **reader_options,
                                                    feature_module=self.args.teacher_feature_module,
                                                    hidden_modules=self.args.teacher_hidden_modules)
-            student_stats = image_stats_from_processor(processing_class) or ImageStats()
+            student_stats = (ImageStats(mean=list(data_stats.mean), std=list(data_stats.std)) if data_stats is not None
+                             else image_stats_from_processor(processing_class) or ImageStats())
             self.teacher_input_adapter = build_teacher_input_adapter(
                 self.teacher, student_stats, self.args, teacher_processing_class).to(self.args.device)
         # Trainable/stateful parts of the methods: optimised with the student, checkpointed, DDP-synchronised.
@@ -248,26 +248,13 @@ class RRDTrainer(HubMixin, Trainer):
         return examples
 
     def _build_methods(self, train_dataset) -> None:
-        args = self.args
         student, teacher = self._example_activations(train_dataset)
-        classes = [method_class(term.method) for term in self.loss_terms]
-        per_sample = any(cls.uses_index(term.kwargs) or cls.needs_dataset_labels
-                         for cls, term in zip(classes, self.loss_terms))
-        slots = index_slots(train_dataset) if per_sample else None
-        wants_labels = any(cls.needs_dataset_labels for cls in classes)
         self.context = MethodContext(
-            student=student.detach(), teacher=teacher.detach(), num_samples=slots,
-            dataset_labels=labels_by_index(train_dataset, slots) if wants_labels and slots else None,
-            seed=args.seed, process_index=self.accelerator.process_index,
-            num_processes=self.accelerator.num_processes, train_batch_size=args.per_device_train_batch_size,
-            gather=self.accelerator.gather,
+            student=student.detach(), teacher=teacher.detach(), seed=self.args.seed,
+            process_index=self.accelerator.process_index, num_processes=self.accelerator.num_processes,
+            train_batch_size=self.args.per_device_train_batch_size, gather=self.accelerator.gather,
         )
-        for term in self.loss_terms:
-            # Each term from the seed, not the global RNG: identical on every process and across runs.
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(args.seed)
-                self.methods[term.name] = build_method(term.method, self.context, **term.kwargs)
-        self.methods.to(args.device)
+        self.methods = build_objective(self.loss_terms, self.context, train_dataset).to(self.args.device)
 
     # ----------------------------------------------------------------------------------------------- the loss
 
@@ -360,8 +347,6 @@ class RRDTrainer(HubMixin, Trainer):
 
     def begin_epoch(self, global_step: int) -> None:
         """Tell the methods (DKD's warm-up) and the data (stateless augmentation) which epoch starts."""
-        from .data import set_epoch
-
         epoch = global_step // max(self._update_steps_per_epoch or 1, 1)  # as Trainer computes it on resume
         offset = self.stage.augmentation_epoch_offset if self.stage is not None else 0
         self._augmentation_epoch = offset + epoch
@@ -409,9 +394,11 @@ class RRDTrainer(HubMixin, Trainer):
     # ----------------------------------------------------------------------------------------------- training
 
     def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
-        resume = self._resolve_resume(resume_from_checkpoint)
+        resume = resolve_resume(resume_from_checkpoint, self.args.output_dir)
         if resume is None:
-            self._refuse_overwrite()
+            if self.is_world_process_zero():
+                check_output_dir(self.args.output_dir, self.args.overwrite_output_dir)
+            self.accelerator.wait_for_everyone()
         if self.loss_terms and not len(self.methods):
             self._build_methods(self.train_dataset)
         self._check_batches()
@@ -444,41 +431,6 @@ class RRDTrainer(HubMixin, Trainer):
         self._wrapped = {}
         self._loss_terms.clear()
 
-    def _resolve_resume(self, resume_from_checkpoint) -> str | None:
-        if resume_from_checkpoint in (None, False, ""):
-            return None
-        if resume_from_checkpoint is True or resume_from_checkpoint == "latest":
-            path = latest_complete_checkpoint(self.args.output_dir)
-            if path is None:
-                logger.info("no complete checkpoint in %s: starting a new run.", self.args.output_dir)
-            return path
-        path = os.fspath(resume_from_checkpoint)
-        if not os.path.isdir(path):
-            raise FileNotFoundError(f"resume_from_checkpoint={path!r} is not a folder: give a checkpoint-N folder of "
-                                    "this run, or 'latest' for the newest complete one.")
-        reason = incomplete_reason(path)
-        if reason is not None:
-            raise ValueError(f"{path} is not a complete checkpoint ({reason}): resume from 'latest', which picks the "
-                             "newest complete checkpoint.")
-        return path
-
-    def _refuse_overwrite(self) -> None:
-        output_dir = self.args.output_dir
-        found = finished_outputs(output_dir)
-        if not found:
-            return
-        if not self.args.overwrite_output_dir:
-            raise FileExistsError(
-                f"{output_dir} already holds a run ({'; '.join(found)}). Resume it with resume_from_checkpoint='latest' "
-                "(--resume_from_checkpoint latest), choose another output_dir, or pass overwrite_output_dir=True "
-                "(--overwrite_output_dir) to replace it."
-            )
-        if self.is_world_process_zero():
-            for _, path in list_checkpoints(output_dir):  # old checkpoints must not mix with the new run's
-                shutil.rmtree(path)
-            logger.warning("overwrite_output_dir: replacing the run in %s (%s).", output_dir, "; ".join(found))
-        self.accelerator.wait_for_everyone()
-
     def _check_batches(self) -> None:
         dataset = self.train_dataset
         if dataset is None or not hasattr(dataset, "__len__"):
@@ -506,7 +458,7 @@ class RRDTrainer(HubMixin, Trainer):
             optimizer = super().create_optimizer(container)
         else:
             optimizer = super().create_optimizer(model)
-        self.guard.defers = _use_fused_step(self.optimizer)
+        self.guard.defers = use_fused_step(self.optimizer)
         return optimizer
 
     def get_decay_parameter_names(self, model: nn.Module) -> list[str]:
@@ -527,14 +479,11 @@ class RRDTrainer(HubMixin, Trainer):
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         if self.lr_scheduler is None and self.args.lr_decay_epochs:
-            if self._update_steps_per_epoch is None:
-                raise RuntimeError("the epoch length is unknown: lr_decay_epochs needs a train dataloader with a length.")
             if self.args.warmup_steps:
                 logger.warning("lr_decay_epochs replaces the scheduler: warmup_steps=%s is ignored.", self.args.warmup_steps)
-            milestones = [epoch * self._update_steps_per_epoch for epoch in self.args.lr_decay_epochs]
-            self.lr_scheduler = torch.optim.lr_scheduler.MultiStepLR(
-                optimizer if optimizer is not None else self.optimizer, milestones, gamma=self.args.lr_decay_rate
-            )
+            self.lr_scheduler = multistep_schedule(optimizer if optimizer is not None else self.optimizer,
+                                                   self.args.lr_decay_epochs, self.args.lr_decay_rate,
+                                                   self._update_steps_per_epoch)
             self._created_lr_scheduler = True
             return self.lr_scheduler
         return super().create_scheduler(num_training_steps, optimizer)
@@ -557,72 +506,17 @@ class RRDTrainer(HubMixin, Trainer):
         run_dir = self._get_output_dir(trial=trial)
         if self.args.should_save:
             mark_complete(os.path.join(run_dir, f"checkpoint-{self.state.global_step}"), self.state.global_step)
-            self._rotate_complete_checkpoints(run_dir, limit)
+            rotate_checkpoints(run_dir, limit, self.state.best_model_checkpoint)
         self.accelerator.wait_for_everyone()
-
-    def _rotate_complete_checkpoints(self, run_dir: str, limit: int | None) -> None:
-        """Keep the newest `limit` complete checkpoints (and the best one); delete older ones and stale partial ones."""
-        checkpoints = list_checkpoints(run_dir)
-        complete = [path for _, path in checkpoints if is_complete(path)]
-        newest = complete[-1] if complete else None
-        keep = set(complete[-limit:]) if limit else set(complete)
-        if self.state.best_model_checkpoint:
-            keep.add(os.path.join(run_dir, os.path.basename(self.state.best_model_checkpoint)))
-        for step, path in checkpoints:
-            stale_partial = path not in complete and newest is not None and step < int(newest.rsplit("-", 1)[1])
-            if (path in complete and path not in keep) or stale_partial:
-                logger.info("deleting checkpoint %s (save_total_limit=%s)", path, limit)
-                shutil.rmtree(path, ignore_errors=True)
 
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
         if self.args.check_finite:
             self.guard.raise_if_tripped()
         super()._save_optimizer_and_scheduler(output_dir)
         if len(self.methods) and self.args.should_save:
-            state = {name: tensor.detach().cpu().contiguous() for name, tensor in self.methods.state_dict().items()}
-            save_file(state, os.path.join(output_dir, DISTILL_STATE_NAME), metadata={"format": "pt"})
+            save_method_state(self.methods, output_dir)
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         super()._load_optimizer_and_scheduler(checkpoint)
-        if checkpoint is None or not len(self.methods):
-            return
-        path = next((os.path.join(checkpoint, name) for name in (DISTILL_STATE_NAME, LEGACY_STATE_NAME)
-                     if os.path.isfile(os.path.join(checkpoint, name))), None)
-        if path is None:
-            raise FileNotFoundError(
-                f"{checkpoint} has no {DISTILL_STATE_NAME}: it was not written by RRDTrainer with these losses, so the "
-                "methods' heads and memories cannot be restored and the resumed run would differ from an "
-                "uninterrupted one. Resume from a checkpoint of this run, or start a new run (resume_from_checkpoint=None)."
-            )
-        try:
-            state = load_file(path, device=str(self.args.device))
-        except SafetensorError as error:
-            raise OSError(f"{path} cannot be read ({error}): the file is truncated or corrupt. Resume from another "
-                          "checkpoint ('latest' skips incomplete ones).") from error
-        try:
-            self.methods.load_state_dict(state)
-        except RuntimeError as error:
-            raise RuntimeError(
-                f"{path} does not match this run's objective ({self.args.describe_objective()}; options, embedding "
-                f"sizes, memory sizes or the feature sizes changed): {error}"
-            ) from error
-
-
-def _use_fused_step(optimizer) -> bool:
-    """Switch torch SGD/Adam/AdamW to their fused step where supported: one kernel per step, and a `found_inf`
-    that skips the step on the device (see `rrd_hf.guard`). Returns whether the optimizer now honours `found_inf`."""
-    optimizer = getattr(optimizer, "optimizer", optimizer)
-    if type(optimizer) not in (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW):
-        return False
-    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
-
-    supported = _get_fused_kernels_supported_devices()
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    if not params or any(p.device.type not in supported or not p.is_floating_point() for p in params):
-        return False
-    for group in optimizer.param_groups:
-        if group.get("differentiable") or group.get("capturable") and type(optimizer) is torch.optim.SGD:
-            return False
-    for group in optimizer.param_groups:
-        group["fused"], group["foreach"] = True, False
-    return True
+        if checkpoint is not None and len(self.methods):
+            load_method_state(self.methods, checkpoint, self.args.device, self.args.describe_objective())

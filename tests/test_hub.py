@@ -3,6 +3,7 @@
 import concurrent.futures
 import hashlib
 import json
+import logging
 import os
 import pathlib
 import shutil
@@ -90,7 +91,8 @@ def run_dir(tmp_path_factory):
                      optim="sgd", optim_args="momentum=0.9", weight_decay=5e-4, decay_all_parameters=True,
                      lr_decay_epochs=[150, 180, 210], kd_weight=0.0, rrd_weight=1.0, memory_size=16384, seed=3,
                      teacher_model_name_or_path="me/resnet14-teacher", report_to="none", use_cpu=True)
-    torch.save(args, root / "training_args.bin")
+    torch.save(args, root / "training_args.bin")  # as Trainer writes it; publishing never opens it
+    (root / "training_args.json").write_text(json.dumps(args.to_dict(), default=str))  # as HubMixin writes it
     (root / "results.json").write_text(json.dumps({
         "dataset": "cifar100", "teacher": "me/resnet14-teacher", "seed": 3, "global_step": 187440,
         "num_evaluations": 240, "best_top1": 71.23, "best_top5": 91.5, "best_epoch": 231.0, "best_step": 180000,
@@ -104,6 +106,14 @@ def run_dir(tmp_path_factory):
     write_png(root / "figures" / "correlation_difference.png")
     (root / "figures" / "plots.json").write_text(json.dumps({"dataset": "CIFAR-100 test", "max_difference": 1.25,
                                                               "mean_difference": 0.125}))
+    return root
+
+
+@pytest.fixture(scope="module")
+def bare_dir(tmp_path_factory):
+    """Weights and config only: every fact of the card comes from the arguments of the test."""
+    root = tmp_path_factory.mktemp("bare") / "resnet8"
+    build_model("resnet8", 4).save_pretrained(root)
     return root
 
 
@@ -195,8 +205,31 @@ def test_other_distillation_methods_are_named_for_what_they_are(run_dir):
     assert "τ_s" not in text  # no RRD term: its settings did not matter
 
 
+def test_the_objective_comes_from_the_recorded_loss_terms(run_dir, bare_dir):
+    legacy = {**json.loads((run_dir / "training_args.json").read_text()), "rrd_weight": 1.0, "kd_weight": 0.0,
+              "distill_method": "dkd", "distill_weight": 1.0, "distill_kwargs": {"alpha": 1.0, "beta": 8.0}}
+    rrd = {key: legacy[key] for key in ("student_temperature", "teacher_temperature", "enqueue", "memory_type",
+                                        "memory_size", "embedding_dim")}
+    terms = [{"name": "rrd", "method": "rrd", "weight": 1.0, "kwargs": rrd},
+             {"name": "dkd", "method": "dkd", "weight": 1.0, "kwargs": {"alpha": 1.0, "beta": 8.0}}]
+    # What the trainer resolved wins over the arguments it was given (here deliberately different).
+    recorded = {"ce_weight": 1.0, "loss_terms": terms, "training_args": {**legacy, "distill_method": None}}
+    for card in (build_model_card(bare_dir, run_record=recorded), build_model_card(bare_dir, training_args=legacy)):
+        text = str(card)
+        assert "with **RRD+DKD**" in text and "distillation:rrd-dkd" in card.data.tags and "rrd" in card.data.tags
+        assert "| method arguments | {\"alpha\": 1.0, \"beta\": 8.0} |" in text and "| τ_s (student temperature) | 0.04 |" in text
+        assert "DKD as implemented in `rrd_hf.methods`" in text and "KD temperature" not in text
+    assert "| loss | 1 · CE + 1 · RRD + 1 · DKD |" in str(build_model_card(bare_dir, run_record=recorded))
+    three = {**recorded, "loss_terms": [*terms[:1], {"name": "kd", "method": "kd", "weight": 0.5,
+                                                     "kwargs": {"temperature": 4.0}},
+                                        {"name": "crd", "method": "crd", "weight": 0.8, "kwargs": {}}]}
+    card = build_model_card(bare_dir, run_record=three)
+    assert "with **RRD+CRD+KD**" in str(card) and "distillation:rrd-crd-kd" in card.data.tags
+    assert "| KD temperature T | 4 |" in str(card)
+
+
 def test_best_epoch_is_reported_only_when_it_was_loaded(run_dir):
-    args = json.loads(json.dumps(torch.load(run_dir / "training_args.bin", weights_only=False).to_dict()))
+    args = json.loads((run_dir / "training_args.json").read_text())
     card = build_model_card(run_dir, training_args={**args, "load_best_model_at_end": True})
     assert card.data.eval_results[0].metric_value == 71.23
 
@@ -270,6 +303,203 @@ def test_cli_export_dir_loads_with_the_remote_code_it_ships(run_dir, tmp_path):
     assert model.config.id2label[1] == "dog"
 
 
+# ------------------------------------------------------------------------------------------------- what the card claims
+
+
+def card_line(card, start):
+    return next(line for line in str(card).splitlines() if line.startswith(start))
+
+
+EVALUATED = {"num_evaluations": 1, "last_top1": 50.0, "last_top5": 90.0, "last_epoch": 1.0, "last_step": 8}
+
+
+@pytest.mark.parametrize("record, dataset, claim, qualifier, split", [
+    ({"eval_num_samples": 200, "eval_split": "test", "eval_split_size": 10_000}, "cifar100",
+     "on 200 of the 10,000 images of the `test` split of CIFAR-100 (a subset of the split, not all of it)",
+     "200 of 10,000 test images", "test"),
+    # A local copy that holds 1,000 test images is still a subset of CIFAR-100's test split.
+    ({"eval_num_samples": 1_000, "eval_split": "test", "eval_split_size": 1_000}, "cifar100",
+     "on 1,000 of the 10,000 images of the `test` split of CIFAR-100", "1,000 of 10,000 test images", "test"),
+    ({"eval_num_samples": 10_000, "eval_split": "valid", "eval_split_size": 10_000}, "tiny-imagenet",
+     "on all 10,000 images of the `valid` split of Tiny ImageNet", None, "valid"),
+    ({"eval_num_samples": 8_000, "eval_split": "test"}, "stl10", "on all 8,000 images of the `test` split of STL-10",
+     None, "test"),
+    ({"eval_num_samples": 200, "eval_split": "test", "eval_split_size": None}, "mydata",
+     "on 200 images of the `test` split of mydata (the split's full size is not known here", "200 test images", "test"),
+    ({"eval_num_samples": 16, "eval_split": None, "eval_split_size": None}, "cifar10",
+     "on 16 evaluation images of CIFAR-10 (which split was not recorded)", "16 evaluation images", None),
+])
+def test_the_card_says_how_many_images_of_which_split_were_evaluated(bare_dir, record, dataset, claim, qualifier, split):
+    card = build_model_card(bare_dir, repo_id="me/r8", dataset=dataset, results=EVALUATED, run_record=record)
+    text = str(card)
+    assert claim in text
+    if record["eval_num_samples"] != 10_000 and record["eval_num_samples"] != 8_000:
+        assert "on all" not in text
+    if split is None:
+        assert "split of" not in text  # no split is claimed
+    result = card.data.eval_results[0]
+    assert result.dataset_split == split and result.metric_value == 50.0
+    assert result.metric_name == "Top-1 accuracy (%)" + (f", {qualifier}" if qualifier else "")
+
+
+def test_a_folder_that_recorded_no_evaluation_facts_says_what_is_assumed(run_dir):
+    text = str(build_model_card(run_dir, repo_id="me/r8"))
+    assert ("on the `test` split of CIFAR-100, the dataset's evaluation split (assumed: neither the split nor the "
+            "number of images evaluated was recorded, so it may be a subset)") in text
+    given = str(build_model_card(run_dir, repo_id="me/r8", eval_split="test"))
+    assert "on the `test` split of CIFAR-100 (the number of images evaluated was not recorded, so it may be a subset)" in given
+
+
+@pytest.mark.parametrize("epochs_trained", [0.4, 1.0, 2.5, 3.0, 3.2])
+def test_the_card_describes_only_the_lr_decays_that_happened(run_dir, bare_dir, epochs_trained):
+    milestones, steps_per_epoch = [1, 2, 3], 10
+    # Independent definition: the rates torch's MultiStepLR (as the trainer builds it) gave the steps that ran.
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, [m * steps_per_epoch for m in milestones], gamma=0.1)
+    used = []
+    for _ in range(round(epochs_trained * steps_per_epoch)):
+        used.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    applied = [m for i, m in enumerate(milestones) if min(used) < 0.5 * 0.1 ** i]
+    missed = [m for m in milestones if m not in applied]
+
+    args = {**json.loads((run_dir / "training_args.json").read_text()), "lr_decay_epochs": milestones}
+    card = build_model_card(bare_dir, training_args=args, run_record={"epoch": epochs_trained})
+    row = card_line(card, "| LR schedule |")
+    if not missed:
+        assert row == "| LR schedule | × 0.1 at epochs 1, 2, 3 |"
+    elif not applied:
+        assert row.startswith(f"| LR schedule | constant: training stopped at epoch {epochs_trained:g}, before")
+        assert "none was applied" in row and "× 0.1 at" not in row
+    else:
+        claimed = row.removeprefix("| LR schedule | × 0.1 at ").split(";")[0]
+        assert claimed.split(" ", 1)[1] == ", ".join(map(str, applied))
+        assert f"{', '.join(map(str, missed))} not reached (training stopped at epoch {epochs_trained:g})" in row
+    planned = card_line(card, "| epochs |")
+    assert planned == f"| epochs | 240 planned, {epochs_trained:g} trained |"
+
+
+def test_a_short_trainer_run_records_its_subset_evaluation_and_claims_no_decay(tmp_path):
+    import datasets
+
+    source = TinyImageDataset(40, size=8)
+    evaluation = datasets.Dataset.from_dict(
+        {"pixel_values": source.images.tolist(), "labels": source.labels.tolist()}, split=datasets.NamedSplit("test"),
+    ).with_format("torch").select(range(12))  # as max_eval_samples does
+    out = tmp_path / "run"
+    args = RRDConfig(output_dir=str(out), max_steps=2, per_device_train_batch_size=8, per_device_eval_batch_size=8,
+                     memory_size=32, use_cpu=True, report_to="none", disable_tqdm=True, save_strategy="no",
+                     eval_strategy="steps", eval_steps=2, optim="sgd", kd_weight=1.0, seed=0,
+                     lr_decay_epochs=[150, 180, 210])
+    trainer = RRDTrainer(model=build_model("resnet8", 4), teacher_model=build_model("resnet14", 4), args=args,
+                         train_dataset=TinyImageDataset(32, size=8, with_index=True), eval_dataset=evaluation)
+    trainer.train()
+    api = FakeApi(tmp_path)
+    trainer.push_to_hub(api=api, dataset="cifar10")
+    record = json.loads((out / RUN_INFO_NAME).read_text())
+    assert (record["eval_num_samples"], record["eval_split"], record["epoch"]) == (12, "test", 0.5)
+    for text in ((api.uploads[0] / "README.md").read_text(encoding="utf-8"),
+                 str(build_model_card(out, repo_id="me/student", dataset="cifar10"))):  # later, from the folder
+        assert "on 12 of the 10,000 images of the `test` split of CIFAR-10 (a subset of the split" in text
+        assert "| LR schedule | constant: training stopped at epoch 0.5, before the × 0.1 decays planned at epochs " \
+               "150, 180, 210 (none was applied) |" in text
+        assert "× 0.1 at epochs" not in text and "| training length | 2 optimizer steps |" in text
+
+
+# ------------------------------------------------------------------------------------------------- untrusted folders
+
+
+class TouchOnUnpickle:
+    """Unpickling this creates `marker`: what a crafted `training_args.bin` could do instead."""
+
+    def __init__(self, marker):
+        self.marker = pathlib.Path(marker)
+
+    def __reduce__(self):
+        return pathlib.Path.touch, (self.marker,)
+
+
+def write_custom_code_model(folder, marker):
+    """A model whose architecture neither transformers nor rrd_hf knows; importing its code creates `marker`."""
+    folder.mkdir(parents=True)
+    (folder / "configuration_toy.py").write_text(
+        f"open({str(marker)!r}, 'w').close()  # runs only if this file is imported\n"
+        "from transformers import PretrainedConfig\n\n\nclass ToyConfig(PretrainedConfig):\n"
+        "    model_type = 'toy-untrusted'\n")
+    (folder / "modeling_toy.py").write_text(
+        "import torch\nfrom transformers import PreTrainedModel\n"
+        "from transformers.modeling_outputs import ImageClassifierOutput\n\nfrom .configuration_toy import ToyConfig\n\n\n"
+        "class ToyForImageClassification(PreTrainedModel):\n    config_class = ToyConfig\n\n"
+        "    def __init__(self, config):\n        super().__init__(config)\n"
+        "        self.classifier = torch.nn.Linear(3, config.num_labels)\n        self.post_init()\n\n"
+        "    def forward(self, pixel_values=None, labels=None, **kwargs):\n"
+        "        return ImageClassifierOutput(logits=self.classifier(pixel_values.mean(dim=(2, 3))))\n")
+    (folder / "config.json").write_text(json.dumps({
+        "model_type": "toy-untrusted", "architectures": ["ToyForImageClassification"], "num_labels": 2,
+        "id2label": {"0": "a", "1": "b"}, "label2id": {"a": 0, "b": 1},
+        "auto_map": {"AutoConfig": "configuration_toy.ToyConfig",
+                     "AutoModelForImageClassification": "modeling_toy.ToyForImageClassification"}}))
+    save_file({"classifier.weight": torch.zeros(2, 3), "classifier.bias": torch.zeros(2)}, folder / "model.safetensors")
+    return folder
+
+
+def test_a_pickled_training_args_bin_is_never_opened(run_dir, tmp_path, caplog):
+    from rrd_hf.cli import main
+
+    probe = tmp_path / "probe-unpickled"  # the crafted pickle works: unpickling it does run its code
+    torch.save(TouchOnUnpickle(probe), tmp_path / "probe.bin")
+    torch.load(tmp_path / "probe.bin", weights_only=False)
+    assert probe.exists()
+
+    marker, crafted = tmp_path / "unpickled", tmp_path / "crafted"
+    shutil.copytree(run_dir, crafted)
+    os.remove(crafted / "training_args.json")
+    torch.save(TouchOnUnpickle(marker), crafted / "training_args.bin")
+    api = FakeApi(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="rrd_hf"):
+        push_to_hub(crafted, "me/resnet8-rrd", api=api)
+        main(["push", str(crafted), "me/resnet8-rrd", "--export-dir", str(tmp_path / "export")])
+    assert not marker.exists()
+    text = (api.uploads[0] / "README.md").read_text(encoding="utf-8")
+    assert "hyper-parameters were not recorded" in text and "| learning rate |" not in text
+    assert "never unpickles training_args.bin" in caplog.text and "--training-args" in caplog.text
+    # The values can still be given, as data.
+    main(["push", str(crafted), "me/resnet8-rrd", "--export-dir", str(tmp_path / "given"),
+          "--training-args", str(run_dir / "training_args.json")])
+    assert "| learning rate | 0.05 |" in (tmp_path / "given" / "README.md").read_text(encoding="utf-8")
+    assert not marker.exists()
+
+
+def test_rrd_hf_architectures_load_without_running_the_folders_code(run_dir, tmp_path):
+    marker, crafted = tmp_path / "imported", tmp_path / "crafted"
+    shutil.copytree(run_dir, crafted)
+    with open(crafted / "_cifar_common.py", "a", encoding="utf-8") as handle:
+        handle.write(f"\nopen({str(marker)!r}, 'w').close()\n")
+    api = FakeApi(tmp_path)
+    push_to_hub(crafted, "me/resnet8-rrd", api=api)
+    export_student(crafted, tmp_path / "export", trust_remote_code=True)  # consent is not needed, nor used
+    assert not marker.exists()
+    assert files_of(api.uploads[0]) == CLEAN  # the code is published for users to read, not run here
+
+
+def test_unknown_custom_code_runs_only_with_the_users_flag(tmp_path):
+    from rrd_hf.cli import main
+
+    marker = tmp_path / "imported"
+    folder = write_custom_code_model(tmp_path / "toy", marker)
+    api = FakeApi(tmp_path)
+    with pytest.raises(ExportError, match=r"'toy-untrusted'.*trust_remote_code=True.*--trust-remote-code"):
+        push_to_hub(folder, "me/toy", api=api)
+    with pytest.raises(ExportError, match="modeling_toy.py"):
+        main(["push", str(folder), "me/toy", "--export-dir", str(tmp_path / "refused")])
+    assert api.calls == [] and not marker.exists() and not (tmp_path / "refused").exists()
+    main(["push", str(folder), "me/toy", "--export-dir", str(tmp_path / "trusted"), "--trust-remote-code"])
+    assert marker.exists()  # with the user's consent, validation imported the model's code
+    assert files_of(tmp_path / "trusted") == {"config.json", "model.safetensors", "configuration_toy.py",
+                                              "modeling_toy.py", "README.md"}
+
+
 def test_templates_ship_with_the_package_and_every_subpackage_is_listed():
     for kind in ("student", "teacher"):
         assert pathlib.Path(template_path(kind)).is_file()
@@ -300,6 +530,9 @@ def test_trainer_push_to_hub_publishes_only_the_clean_student(tmp_path, monkeypa
                  processing_class=cifar_image_processor())  # 8x8 images: the CIFAR nets pool globally
     trainer.train()
     assert (out / "checkpoint-2" / "distill_state.safetensors").is_file() and (out / "checkpoint-2" / RUN_INFO_NAME).is_file()
+    # The arguments are saved as data next to every set of weights (publishing never unpickles training_args.bin).
+    saved_args = json.loads((out / "checkpoint-2" / "training_args.json").read_text())
+    assert saved_args == json.loads(json.dumps(args.to_dict(), default=str)) and saved_args["seed"] == 0
     checkpoint_pushes = len(api.uploads)
     assert checkpoint_pushes == 2  # steps 2 and 4, each the clean student of its checkpoint
     future = trainer.push_to_hub(commit_message="done", blocking=False, teacher="me/resnet14-teacher",

@@ -220,6 +220,26 @@ def test_get_config_overrides_and_labels():
     assert cfg.label2id["cifar_class_3"] == 3
 
 
+def test_class_names_become_the_label_maps():
+    """`build_model(name, class_names=...)` names the labels, so a pipeline answers with names, not LABEL_i."""
+    names = ["apple", "bee", "cat"]
+    for model in (build_model("resnet8", class_names=names), build_model("resnet8", 3, class_names=tuple(names))):
+        assert model.config.num_labels == 3 and model.classifier.out_features == 3
+        assert model.config.id2label == {0: "apple", 1: "bee", 2: "cat"}
+        assert model.config.label2id == {"apple": 0, "bee": 1, "cat": 2}
+    assert build_model("resnet8").config.num_labels == 100  # CIFAR-100 without names
+    with pytest.raises(ValueError, match="3 names but num_labels=10"):
+        build_model("resnet8", 10, class_names=names)
+    with pytest.raises(ValueError, match="not both"):
+        build_model("resnet8", class_names=names, id2label={0: "a", 1: "b", 2: "c"})
+    with pytest.raises(ValueError, match="unique.*'bee'"):
+        build_model("resnet8", class_names=["apple", "bee", "bee"])
+    with pytest.raises(ValueError, match="empty"):
+        build_model("resnet8", class_names=[])
+    with pytest.raises(TypeError, match="list of names"):
+        build_model("resnet8", class_names="apple")
+
+
 def test_config_json_round_trip_and_feature_dim_validation(tmp_path):
     cfg = get_config("resnet32x4", num_labels=100)
     cfg.save_pretrained(tmp_path)
@@ -376,6 +396,121 @@ def test_classifier_is_the_only_logit_path(name):
 
 
 # --------------------------------------------------------------------------------------------------------------
+# What the trainer relies on: feature modules (init stages), the reference's preact forward, gradients (DDP)
+# --------------------------------------------------------------------------------------------------------------
+
+# RepDistiller `models/*.py`, `get_feat_modules()` of each family, in its order (written from the reference code).
+# ReLU and pooling modules carry no parameters; rrd_hf applies them functionally, so they have no module here.
+REPDISTILLER_FEAT_MODULES = {
+    "resnet8": ["conv1", "bn1", "relu", "layer1", "layer2", "layer3"],  # resnet.py
+    "wrn_16_2": ["conv1", "block1", "block2", "block3"],  # wrn.py
+    "vgg8": ["block0", "pool0", "block1", "pool1", "block2", "pool2", "block3", "pool3", "block4", "pool4"],  # vgg.py
+    "ResNet50": ["conv1", "bn1", "layer1", "layer2", "layer3", "layer4"],  # resnetv2.py
+    "MobileNetV2": ["conv1", "blocks"],  # mobilenetv2.py
+    "ShuffleV1": ["conv1", "bn1", "layer1", "layer2", "layer3"],  # ShuffleNetv1.py
+    "ShuffleV2": ["conv1", "bn1", "layer1", "layer2", "layer3"],  # ShuffleNetv2.py
+}
+PARAMETER_FREE = {"relu", "pool0", "pool1", "pool2", "pool3", "pool4"}
+# Parameters outside get_feat_modules() besides the classifier: the layers between the last stage and the pool.
+OUTSIDE_FEATURE_MODULES = {"wrn_16_2": ("bn1.",), "MobileNetV2": ("conv2.",), "ShuffleV2": ("conv2.", "bn2.")}
+
+
+@pytest.mark.parametrize("name", list(REPDISTILLER_FEAT_MODULES))
+def test_feature_modules_are_repdistillers_get_feat_modules(name):
+    model = build_model(name, num_labels=NUM_LABELS, **FAMILY_REPS[name])
+    modules = model.feature_modules()
+    by_identity = {id(module): attr for attr, module in model.named_children()}
+    assert [by_identity[id(m)] for m in modules] == [
+        attr for attr in REPDISTILLER_FEAT_MODULES[name] if attr not in PARAMETER_FREE
+    ]
+    # The same statement about parameters: everything but the classifier and the family's post-stage layers.
+    inside = {id(p) for m in modules for p in m.parameters()}
+    outside = ("classifier.", *OUTSIDE_FEATURE_MODULES.get(name, ()))
+    for param_name, param in model.named_parameters():
+        assert (id(param) in inside) == (not param_name.startswith(outside)), param_name
+
+
+def _repdistiller_wrn_forward(model, x, preact):
+    """RepDistiller `models/wrn.py` `WideResNet.forward(x, is_feat=True, preact=preact)`, transcribed line by line
+    onto our modules (their names are the reference's; `fc` is `classifier`)."""
+
+    def basic_block(block, x):  # BasicBlock.forward
+        if not block.equalInOut:
+            x = F.relu(block.bn1(x))
+        else:
+            out = F.relu(block.bn1(x))
+        out = F.relu(block.bn2(block.conv1(out if block.equalInOut else x)))
+        out = block.conv2(out)
+        return torch.add(x if block.equalInOut else block.convShortcut(x), out)
+
+    def network_block(stage, x):
+        for block in stage.layer:
+            x = basic_block(block, x)
+        return x
+
+    out = model.conv1(x)
+    f0 = out
+    out = network_block(model.block1, out)
+    f1 = out
+    out = network_block(model.block2, out)
+    f2 = out
+    out = network_block(model.block3, out)
+    f3 = out
+    out = F.relu(model.bn1(out))
+    out = F.avg_pool2d(out, 8)
+    out = out.view(-1, model.bn1.num_features)
+    f4 = out
+    out = model.classifier(out)
+    if preact:
+        f1 = model.block2.layer[0].bn1(f1)
+        f2 = model.block3.layer[0].bn1(f2)
+        f3 = model.bn1(f3)
+    return [f0, f1, f2, f3, f4], out
+
+
+@pytest.mark.parametrize("preact", [False, True])
+@pytest.mark.parametrize("training", [True, False])
+def test_wrn_matches_the_reference_forward_including_its_second_bn_pass(preact, training):
+    """Outputs, gradients and BatchNorm statistics after one step equal the reference's. With preact in train
+    mode the reference updates three BatchNorms twice; in eval mode nothing moves."""
+    ours = _make_realistic_(build_model("wrn_16_2", num_labels=NUM_LABELS)).train(training)
+    reference = copy.deepcopy(ours)
+    x = _images(4)
+    out = ours(x, preact=preact, output_hidden_states=True)
+    ref_feats, ref_logits = _repdistiller_wrn_forward(reference, x, preact)
+    torch.testing.assert_close(out.logits, ref_logits)
+    for ours_h, ref_h in zip(out.hidden_states, ref_feats, strict=True):
+        torch.testing.assert_close(ours_h, ref_h)
+    weights = [torch.randn(h.shape, generator=torch.Generator().manual_seed(i)) for i, h in enumerate(ref_feats)]
+    sum((h * w).sum() for h, w in zip(out.hidden_states, weights)).add(out.logits.sum()).backward()
+    sum((h * w).sum() for h, w in zip(ref_feats, weights)).add(ref_logits.sum()).backward()
+    ref_params = dict(reference.named_parameters())
+    for param_name, param in ours.named_parameters():  # equal up to summation order: relative to the largest entry
+        expected = ref_params[param_name].grad
+        assert (param.grad - expected).abs().max() <= 1e-5 * expected.abs().max(), param_name
+    ref_buffers = dict(reference.named_buffers())
+    for buffer_name, buffer in ours.named_buffers():
+        torch.testing.assert_close(buffer, ref_buffers[buffer_name], msg=buffer_name)
+
+    twice = {"block2.layer.0.bn1", "block3.layer.0.bn1", "bn1"}
+    for module_name, module in ours.named_modules():
+        if isinstance(module, nn.BatchNorm2d):
+            calls = 0 if not training else 2 if preact and module_name in twice else 1
+            assert int(module.num_batches_tracked) == 1 + calls, module_name  # _make_realistic_ tracked 1 batch
+
+
+@pytest.mark.parametrize("name", list(EXPECTED))
+def test_cross_entropy_reaches_every_parameter(name):
+    """Every parameter gets a gradient from CE alone, with or without preact: the recipes' main stage can run under
+    DDP with `ddp_find_unused_parameters: false`."""
+    model = build_model(name, num_labels=NUM_LABELS).train()
+    for preact in (False, True):
+        model.zero_grad(set_to_none=True)
+        model(_images(2), labels=torch.tensor([1, 2]), preact=preact).loss.backward()
+        assert [n for n, p in model.named_parameters() if p.grad is None] == [], f"preact={preact}"
+
+
+# --------------------------------------------------------------------------------------------------------------
 # Precision, memory format, compile
 # --------------------------------------------------------------------------------------------------------------
 
@@ -479,7 +614,7 @@ def saved_zoo(tmp_path_factory):
     manifest = {"models": {}, "pipeline_dir": str(root / "resnet8")}
     models = {}
     for name, overrides in FAMILY_REPS.items():
-        model = _make_realistic_(build_model(name, num_labels=NUM_LABELS, id2label=ID2LABEL, **overrides))
+        model = _make_realistic_(build_model(name, class_names=list(ID2LABEL.values()), **overrides))
         path = save_pretrained_with_processor(model, root / name)
         with torch.no_grad():
             out = model(x, output_hidden_states=True)

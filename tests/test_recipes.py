@@ -1,10 +1,19 @@
-"""Every recipe parses into the benchmark protocol and runs a couple of steps on tiny generated data."""
+"""The recipes: generated from one source, the benchmark's protocol and weights, and two training steps each.
 
+The expected constants below are written from the method papers' and reference configs' values (RepDistiller's
+scripts, mdistiller's DKD configs), not read from recipes/make_recipes.py, so a wrong table there fails here.
+"""
+
+import functools
+import importlib.util
 import json
+import re
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from rrd_hf.methods import METHODS
 
@@ -14,11 +23,65 @@ RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 TEACHER_RECIPES = sorted((RECIPES / "cifar100" / "teachers").glob("*.yaml"))
 STUDENT_RECIPES = sorted((RECIPES / "cifar100" / "students").glob("*.yaml"))
 METHOD_RECIPES = sorted((RECIPES / "cifar100" / "methods").glob("*.yaml"))
-# Running all ~200 method recipes would take many minutes: every method runs on the pair that has them all.
-METHOD_RUNS = [p for p in METHOD_RECIPES if p.stem.startswith("resnet32x4_resnet8x4_")]
+ALL_RECIPES = TEACHER_RECIPES + STUDENT_RECIPES + METHOD_RECIPES
+# Running all ~250 recipes would take many minutes: every method runs on the pair that has them all, plus AB on a
+# WRN student (the preact forward with its second BatchNorm pass) and DKD on a pair with beta 6.
+METHOD_RUNS = [p for p in METHOD_RECIPES if p.stem.startswith("resnet32x4_resnet8x4_")] + [
+    RECIPES / "cifar100" / "methods" / "wrn_40_2_wrn_16_2_ab.yaml",
+    RECIPES / "cifar100" / "methods" / "vgg13_vgg8_dkd.yaml",
+]
 SMALL = ["--max_steps", "2", "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "8",
          "--memory_size", "16", "--eval_strategy", "no", "--save_strategy", "no", "--dataloader_num_workers", "0",
          "--use_cpu", "true", "--disable_tqdm", "true", "--logging_steps", "1"]
+
+# The 13 teacher -> student pairs of the benchmark's two CIFAR-100 tables (CRD paper, Tables 1 and 2).
+PAIRS = [
+    ("wrn_40_2", "wrn_16_2"), ("wrn_40_2", "wrn_40_1"), ("resnet56", "resnet20"), ("resnet110", "resnet20"),
+    ("resnet110", "resnet32"), ("resnet32x4", "resnet8x4"), ("vgg13", "vgg8"),
+    ("vgg13", "MobileNetV2"), ("ResNet50", "MobileNetV2"), ("ResNet50", "vgg8"), ("resnet32x4", "ShuffleV1"),
+    ("resnet32x4", "ShuffleV2"), ("wrn_40_2", "ShuffleV1"),
+]
+# DKD's beta: DKD.BETA of mdistiller's configs/cifar100/dkd/ config of each pair; the pairs without a config
+# (resnet110 -> resnet20, ResNet50 -> vgg8) take cfg.py's default 8.0 (issue 11).
+DKD_BETA = {
+    2.0: {("resnet110", "resnet32"), ("resnet56", "resnet20")},
+    6.0: {("vgg13", "vgg8"), ("vgg13", "MobileNetV2"), ("wrn_40_2", "wrn_16_2"), ("wrn_40_2", "wrn_40_1")},
+}
+# Loss weights of RepDistiller's scripts/run_cifar_distill.sh (-r CE, -a KD, -b the method), per recipe suffix.
+BENCHMARK_WEIGHTS = {
+    "kd": (0.1, 0.9, None, None), "fitnet": (1.0, 0.0, "fitnet", 100.0), "at": (1.0, 0.0, "at", 1000.0),
+    "sp": (1.0, 0.0, "sp", 3000.0), "cc": (1.0, 0.0, "cc", 0.02), "vid": (1.0, 0.0, "vid", 1.0),
+    "rkd": (1.0, 0.0, "rkd", 1.0), "pkt": (1.0, 0.0, "pkt", 30000.0), "ab": (1.0, 0.0, "ab", 1.0),
+    "ft": (1.0, 0.0, "ft", 200.0), "fsp": (1.0, 0.0, "fsp", 50.0), "nst": (1.0, 0.0, "nst", 50.0),
+    "crd": (1.0, 0.0, "crd", 0.8), "crd_kd": (1.0, 1.0, "crd", 0.8),
+}
+SMALL_LR_STUDENTS = {"MobileNetV2", "ShuffleV1", "ShuffleV2"}  # RepDistiller parse_option: lr 0.01
+
+
+def dkd_beta(pair):
+    return next((beta for beta, pairs in DKD_BETA.items() if pair in pairs), 8.0)
+
+
+@functools.cache
+def _generator():
+    """recipes/make_recipes.py as a module (it is a script, not part of the package)."""
+    spec = importlib.util.spec_from_file_location("make_recipes", RECIPES / "make_recipes.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve their annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+def _raw(recipe: Path) -> dict:
+    return yaml.safe_load(recipe.read_text())
+
+
+def _suffix(stem: str) -> str:
+    """The method part of `<teacher>_<student>_<method>`."""
+    for teacher, student in PAIRS:
+        if stem.startswith(f"{teacher}_{student}_"):
+            return stem.removeprefix(f"{teacher}_{student}_")
+    raise AssertionError(f"{stem} names no benchmark pair")
 
 
 @pytest.fixture(scope="module")
@@ -70,12 +133,11 @@ def teachers(tmp_path_factory):
     from rrd_hf.models import build_model
 
     root = tmp_path_factory.mktemp("teachers")
-    labels = dict(enumerate(CIFAR100_FINE_CLASS_NAMES))
 
     def get(name):
         path = root / name
         if not path.exists():
-            model = build_model(name, 100, id2label=labels, label2id={v: k for k, v in labels.items()})
+            model = build_model(name, class_names=list(CIFAR100_FINE_CLASS_NAMES))
             _estimate_batchnorm_statistics(model)
             model.save_pretrained(path)
         return str(path)
@@ -83,19 +145,68 @@ def teachers(tmp_path_factory):
     return get
 
 
-def test_every_pair_has_both_recipes():
-    assert len(TEACHER_RECIPES) == 6 and len(STUDENT_RECIPES) == 26
-    # 13 pairs x 14 baselines, less FSP on the 6 cross-architecture pairs and wrn_40_1, plus 5 modern x 4 pairs
-    assert len(METHOD_RECIPES) == 13 * 14 - 7 + 5 * 4
+# --------------------------------------------------------------------------------------------------------------
+# One source
+# --------------------------------------------------------------------------------------------------------------
+
+
+def test_files_are_what_the_generator_writes():
+    """recipes/make_recipes.py is the single source: no recipe or README table edited by hand, none stale."""
+    generator = _generator()
+    expected = generator.recipes()
+    on_disk = {p.relative_to(RECIPES).as_posix(): p.read_text() for p in (RECIPES / "cifar100").rglob("*.yaml")}
+    assert sorted(on_disk) == sorted(expected), "run `python recipes/make_recipes.py`"
+    stale = [path for path, text in expected.items() if on_disk[path] != text]
+    assert not stale, f"edited by hand or stale (run `python recipes/make_recipes.py`): {stale[:5]}"
+    readme = (RECIPES / "README.md").read_text()
+    table = readme[readme.index("<!-- table -->") + len("<!-- table -->"):readme.index("<!-- /table -->")]
+    assert table.strip() == generator.table().strip(), "README table is stale: run `python recipes/make_recipes.py`"
+
+
+def test_every_pair_has_its_recipes():
+    assert len(TEACHER_RECIPES) == 6
+    assert {p.stem for p in STUDENT_RECIPES} == {f"{t}_{s}_{m}" for t, s in PAIRS for m in ("rrd", "rrd_kd")}
+    per_pair = {_suffix(p.stem) for p in METHOD_RECIPES if p.stem.startswith("wrn_40_2_wrn_16_2_")}
+    assert per_pair == set(BENCHMARK_WEIGHTS) | {"dkd", "rrd_dkd", "kd_ls", "dkd_ls", "rrd_kd_ls"}
+    # 13 pairs x (14 benchmark rows + DKD + RRD+DKD), less FSP on the 7 pairs the benchmark has none for, plus
+    # KD+LS, DKD+LS and RRD+KD+LS on the 4 pairs with published logit-standardisation numbers.
+    assert len(METHOD_RECIPES) == 13 * 16 - 7 + 3 * 4
+    fsp = {p.stem.removesuffix("_fsp") for p in METHOD_RECIPES if p.stem.endswith("_fsp")}
+    assert fsp == {"wrn_40_2_wrn_16_2", "resnet56_resnet20", "resnet110_resnet20", "resnet110_resnet32",
+                   "resnet32x4_resnet8x4", "vgg13_vgg8"}
+
+
+def test_every_registered_method_is_in_a_recipe():
     from rrd_hf.methods import METHODS
 
-    r8x4 = {p.stem.removeprefix("resnet32x4_resnet8x4_") for p in METHOD_RUNS}
-    assert set(METHODS) - {"kd", "rrd"} <= r8x4 | {"kd_ls", "dkd_ls"}  # every registered method has a recipe
-    names = {p.stem for p in STUDENT_RECIPES}
-    assert all(name.replace("_rrd_kd", "_rrd") in names for name in names)
+    used = set()
+    for recipe in STUDENT_RECIPES + METHOD_RECIPES:
+        raw = _raw(recipe)
+        used |= {raw["distill_method"]} if raw.get("distill_method") else set()
+        used |= {"kd"} if raw["kd_weight"] > 0 else set()
+        used |= {"rrd"} if raw["rrd_weight"] > 0 else set()
+    assert set(METHODS) <= used
 
 
-@pytest.mark.parametrize("recipe", TEACHER_RECIPES + STUDENT_RECIPES + METHOD_RECIPES, ids=lambda p: p.stem)
+# --------------------------------------------------------------------------------------------------------------
+# What each recipe says
+# --------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("recipe", ALL_RECIPES, ids=lambda p: p.stem)
+def test_recipe_states_every_weight_and_every_source(recipe):
+    """Every weight explicit (the meaning cannot follow a library default), every value line commented."""
+    raw = _raw(recipe)
+    assert {"ce_weight", "kd_weight", "rrd_weight"} <= set(raw)
+    if raw.get("distill_method"):
+        assert "distill_weight" in raw
+    for line in recipe.read_text().splitlines():
+        if line and not line.startswith("#"):
+            value, _, source = line.partition("  # ")
+            assert value.strip() and len(source.strip()) > 5, f"no source comment: {line!r}"
+
+
+@pytest.mark.parametrize("recipe", ALL_RECIPES, ids=lambda p: p.stem)
 def test_recipe_follows_the_benchmark_protocol(recipe):
     model_args, data_args, config = parse_recipe([str(recipe)])
     assert data_args.dataset == "cifar100"
@@ -103,23 +214,82 @@ def test_recipe_follows_the_benchmark_protocol(recipe):
     assert config.lr_decay_epochs == [150, 180, 210] and config.lr_decay_rate == 0.1
     assert config.weight_decay == 5e-4 and config.decay_all_parameters and config.max_grad_norm == 0.0
     assert config.optim == "sgd" and "momentum=0.9" in config.optim_args
-    small_lr = model_args.student in ("MobileNetV2", "ShuffleV1", "ShuffleV2")
-    assert config.learning_rate == (0.01 if small_lr else 0.05)
-    if recipe in METHOD_RECIPES:
-        assert config.needs_teacher and config.teacher_model_name_or_path.startswith("runs/cifar100/teachers/")
-        if recipe.stem.endswith("_crd"):
-            assert (config.distill_method, config.distill_weight, config.kd_weight) == ("crd", 0.8, 0.0)
-        if recipe.stem.endswith("_kd") and not recipe.stem.endswith("crd_kd"):
-            assert (config.ce_weight, config.kd_weight, config.distill_method) == (0.1, 0.9, None)
-        if recipe.stem.endswith("_fitnet"):
-            assert (config.distill_method, config.distill_weight) == ("fitnet", 100.0)
-    elif recipe in STUDENT_RECIPES:
-        assert (config.ce_weight, config.rrd_weight) == (1.0, 1.0)
-        assert config.kd_weight == (1.0 if recipe.stem.endswith("_rrd_kd") else 0.0)
+    assert config.learning_rate == (0.01 if model_args.student in SMALL_LR_STUDENTS else 0.05)
+    assert config.ddp_find_unused_parameters is False
+    # The RRD authors' loader drops the last partial batch (FIFO memory); RepDistiller's and mdistiller's keep it.
+    assert config.dataloader_drop_last == (config.rrd_weight > 0)
+    if config.rrd_weight > 0:  # the published RRD setting (the authors' 2024 code)
+        assert config.rrd_weight == 1.0 and config.memory_type == "fifo"
         assert (config.student_temperature, config.teacher_temperature, config.enqueue) == (0.04, 0.10, "after")
         assert (config.memory_size, config.embedding_dim) == (16384, 128)
+    if recipe in TEACHER_RECIPES:
+        assert (config.ce_weight, config.kd_weight, config.rrd_weight, config.distill_method) == (1.0, 0.0, 0.0, None)
     else:
-        assert (config.kd_weight, config.rrd_weight) == (0.0, 0.0)
+        assert config.needs_teacher and config.teacher_model_name_or_path.startswith("runs/cifar100/teachers/")
+    if config.kd_weight > 0:
+        assert config.kd_temperature == 4.0
+
+
+@pytest.mark.parametrize("recipe", STUDENT_RECIPES, ids=lambda p: p.stem)
+def test_rrd_recipes_are_the_published_setting(recipe):
+    _, _, config = parse_recipe([str(recipe)])
+    with_kd = recipe.stem.endswith("_rrd_kd")
+    assert (config.ce_weight, config.kd_weight, config.rrd_weight, config.distill_method) == (
+        1.0, 1.0 if with_kd else 0.0, 1.0, None)
+
+
+@pytest.mark.parametrize("recipe", [p for p in METHOD_RECIPES if _suffix(p.stem) in BENCHMARK_WEIGHTS],
+                         ids=lambda p: p.stem)
+def test_baselines_carry_the_benchmark_weights(recipe):
+    _, _, config = parse_recipe([str(recipe)])
+    suffix = _suffix(recipe.stem)
+    ce, kd, method, weight = BENCHMARK_WEIGHTS[suffix]
+    assert (config.ce_weight, config.kd_weight, config.rrd_weight) == (ce, kd, 0.0)
+    assert config.distill_method == method
+    if method is not None:
+        assert config.distill_weight == weight
+    if suffix in ("ab", "ft", "fsp"):
+        assert config.init_epochs == 30  # RepDistiller --init_epochs 30
+
+
+@pytest.mark.parametrize("pair", PAIRS, ids=lambda p: f"{p[0]}_{p[1]}")
+def test_dkd_recipes_carry_the_beta_of_their_pair(pair):
+    """DKD alpha 1, beta per pair, T 4, warm-up 20, CE 1 (mdistiller); RRD+DKD adds RRD at weight 1; DKD+LS is
+    the LS command (weight 9 on alpha and beta, T 2) on the same beta."""
+    stem = f"{pair[0]}_{pair[1]}"
+    for suffix, rrd_weight in (("dkd", 0.0), ("rrd_dkd", 1.0)):
+        _, _, config = parse_recipe([str(RECIPES / "cifar100" / "methods" / f"{stem}_{suffix}.yaml")])
+        assert (config.ce_weight, config.kd_weight, config.rrd_weight) == (1.0, 0.0, rrd_weight)
+        assert (config.distill_method, config.distill_weight) == ("dkd", 1.0)
+        assert config.distill_kwargs == {"alpha": 1.0, "beta": dkd_beta(pair), "temperature": 4.0, "warmup_epochs": 20}
+    ls = RECIPES / "cifar100" / "methods" / f"{stem}_dkd_ls.yaml"
+    if ls.exists():
+        _, _, config = parse_recipe([str(ls)])
+        assert (config.ce_weight, config.kd_weight, config.rrd_weight) == (1.0, 0.0, 0.0)
+        assert (config.distill_method, config.distill_weight) == ("dkd_ls", 9.0)
+        assert config.distill_kwargs == {"alpha": 1.0, "beta": dkd_beta(pair), "temperature": 2.0, "warmup_epochs": 20}
+
+
+@pytest.mark.parametrize("recipe", [p for p in METHOD_RECIPES if _suffix(p.stem) in ("kd_ls", "rrd_kd_ls")],
+                         ids=lambda p: p.stem)
+def test_kd_ls_recipes(recipe):
+    """KD+LS: the LS authors' command on mdistiller's KD (CE 0.1, KD weight 9, T 2); RRD+KD+LS adds RRD at 1."""
+    _, _, config = parse_recipe([str(recipe)])
+    assert (config.ce_weight, config.kd_weight) == (0.1, 0.0)
+    assert config.rrd_weight == (1.0 if recipe.stem.endswith("rrd_kd_ls") else 0.0)
+    assert (config.distill_method, config.distill_weight, config.distill_kwargs) == ("kd_ls", 9.0, {"temperature": 2.0})
+
+
+def test_readme_has_one_row_per_recipe_and_claims_no_run():
+    readme = (RECIPES / "README.md").read_text()
+    rows = [line for line in readme.splitlines() if line.startswith("| ") and "`cifar100/" in line]
+    named = [re.search(r"`cifar100/[^`]+\.yaml`", row).group(0).strip("`") for row in rows]
+    assert sorted(named) == sorted(p.relative_to(RECIPES).as_posix() for p in ALL_RECIPES)
+    measured = _generator().MEASURED
+    for row, path in zip(rows, named):
+        if Path(path).stem not in measured:
+            assert row.rstrip().endswith("| not run |"), row
+    assert "| FSP | wrn_40_2 → wrn_40_1 | none" in readme and "N/A in the benchmark table" in readme
 
 
 def test_flags_override_the_recipe_and_typos_are_caught(tmp_path):
@@ -130,6 +300,46 @@ def test_flags_override_the_recipe_and_typos_are_caught(tmp_path):
     bad.write_text("student: resnet8\nlearnig_rate: 0.1\n")
     with pytest.raises(ValueError, match="unknown fields \\['learnig_rate'\\]"):
         parse_recipe([str(bad)])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Launch configurations
+# --------------------------------------------------------------------------------------------------------------
+
+LAUNCH = {  # config -> (distributed type, precision): fp32 by default, the precision of the published numbers
+    "single_gpu": ("NO", "no"), "single_gpu_bf16": ("NO", "bf16"),
+    "multi_gpu": ("MULTI_GPU", "no"), "multi_gpu_bf16": ("MULTI_GPU", "bf16"), "cpu": ("NO", "no"),
+}
+
+
+def test_launch_configs_default_to_fp32_and_pin_one_gpu():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    assert {p.stem for p in (RECIPES / "accelerate").glob("*.yaml")} == set(LAUNCH)
+    for name, (distributed, precision) in LAUNCH.items():
+        config = load_config_from_file(str(RECIPES / "accelerate" / f"{name}.yaml"))
+        assert (config.distributed_type.value, str(config.mixed_precision)) == (distributed, precision), name
+        if name.startswith("single_gpu"):
+            # One pinned GPU: "all" with distributed_type NO makes Trainer use nn.DataParallel on a multi-GPU host.
+            assert config.gpu_ids == "0" and config.num_processes == 1
+
+
+@pytest.mark.parametrize("name", ["single_gpu", "single_gpu_bf16"])
+def test_single_gpu_launch_exposes_one_device(name):
+    """What `accelerate launch --config_file ...` puts in the environment of the training process."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils.launch import prepare_simple_launcher_cmd_env
+
+    argv = ["--config_file", str(RECIPES / "accelerate" / f"{name}.yaml"), "-m", "rrd_hf.train", "recipe.yaml"]
+    args = _validate_launch_command(launch_command_parser().parse_args(argv))[0]
+    _, env = prepare_simple_launcher_cmd_env(args)
+    assert env["CUDA_VISIBLE_DEVICES"] == "0"
+    assert env["ACCELERATE_MIXED_PRECISION"] == LAUNCH[name][1]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Two training steps
+# --------------------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("recipe", TEACHER_RECIPES + STUDENT_RECIPES + METHOD_RUNS, ids=lambda p: p.stem)

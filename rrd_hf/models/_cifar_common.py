@@ -94,7 +94,7 @@ class CifarPreTrainedModel(PreTrainedModel):
 
     Subclasses implement ``_forward_features(pixel_values, preact) -> (features, pooled)``, where ``features``
     is the list of maps before the pooled vector. They declare their init scheme with ``_conv_init`` and
-    ``_linear_init``.
+    ``_linear_init``, and the modules of ``feature_modules()`` with ``_feature_module_names``.
     """
 
     main_input_name = "pixel_values"
@@ -106,9 +106,24 @@ class CifarPreTrainedModel(PreTrainedModel):
     _conv_init = "kaiming_fan_out"
     # "torch_default" | "torch_default_zero_bias" (WRN) | "normal_0.01" (VGG, MobileNetV2)
     _linear_init = "torch_default"
+    # Attribute names of the modules RepDistiller's ``get_feat_modules()`` returns for this family, in its order.
+    # Its parameter-free entries (ReLU, pooling) are left out: this port applies them functionally, and they
+    # carry nothing to train or to switch between train and eval mode.
+    _feature_module_names: tuple[str, ...] = ()
 
     def _forward_features(self, pixel_values: torch.Tensor, preact: bool):
         raise NotImplementedError
+
+    def feature_modules(self) -> list[nn.Module]:
+        """The feature extractor of the benchmark's two-stage methods (RepDistiller's ``get_feat_modules()``).
+
+        AB and FSP train exactly these modules in their init stage, so they differ from "everything but the
+        classifier" where the reference differs: WRN leaves out its final ``bn1``, MobileNetV2 its last 1x1
+        ``conv2``, ShuffleV2 its ``conv2``/``bn2``.
+        """
+        if not self._feature_module_names:
+            raise NotImplementedError(f"{type(self).__name__} does not declare _feature_module_names.")
+        return [getattr(self, name) for name in self._feature_module_names]
 
     def forward(
         self,

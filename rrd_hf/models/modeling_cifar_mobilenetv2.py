@@ -67,6 +67,8 @@ class CifarMobileNetV2ForImageClassification(CifarPreTrainedModel):
     base_model_prefix = "cifar_mobilenetv2"
     _conv_init = "kaiming_fan_out"
     _linear_init = "normal_0.01"
+    # RepDistiller mobilenetv2.py get_feat_modules(): conv1, blocks (not the last 1x1 conv2).
+    _feature_module_names = ("conv1", "blocks")
 
     # t (expansion; "T" = config.expand_ratio), c (channels before width_mult), n (blocks), s (first stride).
     # Copied from the reference.

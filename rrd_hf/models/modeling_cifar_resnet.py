@@ -88,6 +88,8 @@ class CifarResNetForImageClassification(CifarPreTrainedModel):
     base_model_prefix = "cifar_resnet"
     _conv_init = "kaiming_fan_out"
     _linear_init = "torch_default"
+    # RepDistiller resnet.py get_feat_modules(): conv1, bn1, relu, layer1, layer2, layer3 (relu is functional here).
+    _feature_module_names = ("conv1", "bn1", "layer1", "layer2", "layer3")
 
     def __init__(self, config: CifarResNetConfig):
         super().__init__(config)

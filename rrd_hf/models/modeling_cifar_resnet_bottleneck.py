@@ -71,6 +71,8 @@ class CifarResNetBottleneckForImageClassification(CifarPreTrainedModel):
     base_model_prefix = "cifar_resnet_bottleneck"
     _conv_init = "kaiming_fan_out"
     _linear_init = "torch_default"
+    # RepDistiller resnetv2.py get_feat_modules(): conv1, bn1, layer1, layer2, layer3, layer4.
+    _feature_module_names = ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4")
 
     def __init__(self, config: CifarResNetBottleneckConfig):
         super().__init__(config)

@@ -83,6 +83,8 @@ class CifarShuffleNetV1ForImageClassification(CifarPreTrainedModel):
     base_model_prefix = "cifar_shufflenetv1"
     _conv_init = "torch_default"
     _linear_init = "torch_default"
+    # RepDistiller ShuffleNetv1.py get_feat_modules(): conv1, bn1, layer1, layer2, layer3.
+    _feature_module_names = ("conv1", "bn1", "layer1", "layer2", "layer3")
 
     def __init__(self, config: CifarShuffleNetV1Config):
         super().__init__(config)

@@ -122,6 +122,8 @@ class CifarShuffleNetV2ForImageClassification(CifarPreTrainedModel):
     base_model_prefix = "cifar_shufflenetv2"
     _conv_init = "torch_default"
     _linear_init = "torch_default"
+    # RepDistiller ShuffleNetv2.py get_feat_modules(): conv1, bn1, layer1, layer2, layer3 (not conv2/bn2).
+    _feature_module_names = ("conv1", "bn1", "layer1", "layer2", "layer3")
 
     def __init__(self, config: CifarShuffleNetV2Config):
         super().__init__(config)

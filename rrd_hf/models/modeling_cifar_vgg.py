@@ -48,6 +48,8 @@ class CifarVGGForImageClassification(CifarPreTrainedModel):
     base_model_prefix = "cifar_vgg"
     _conv_init = "kaiming_fan_out"
     _linear_init = "normal_0.01"
+    # RepDistiller vgg.py get_feat_modules(): block0, pool0, ..., block4 and the pools (functional here).
+    _feature_module_names = ("block0", "block1", "block2", "block3", "block4")
 
     def __init__(self, config: CifarVGGConfig):
         super().__init__(config)

@@ -13,12 +13,7 @@ from .configuration_cifar_wrn import CifarWideResNetConfig
 
 
 class BasicBlock(nn.Module):
-    """Pre-activation block. It returns ``(out, bn1(x))``.
-
-    The reference's ``preact`` features are ``bn1`` of the next stage's first block applied to the stage
-    output. The reference computes them with a second BN call, which updates the running statistics twice in
-    training. Returning the value the block already computes gives the same tensor with no side effect.
-    """
+    """Pre-activation block: ``bn1 -> relu -> conv1 -> bn2 -> relu -> conv2``, plus the (projected) shortcut."""
 
     def __init__(self, in_planes: int, out_planes: int, stride: int, drop_rate: float = 0.0):
         super().__init__()
@@ -34,15 +29,13 @@ class BasicBlock(nn.Module):
             else nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=stride, padding=0, bias=False)
         )
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        pre = self.bn1(x)
-        act = F.relu(pre)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        act = F.relu(self.bn1(x))
         shortcut = x if self.equalInOut else self.convShortcut(act)
         out = F.relu(self.bn2(self.conv1(act)))
         if self.drop_rate > 0:
             out = F.dropout(out, p=self.drop_rate, training=self.training)
-        out = self.conv2(out)
-        return shortcut + out, pre
+        return shortcut + self.conv2(out)
 
 
 class NetworkBlock(nn.Module):
@@ -57,14 +50,8 @@ class NetworkBlock(nn.Module):
             ]
         )
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns ``(stage output, bn1 of the first block applied to the stage input)``."""
-        first_pre = None
-        for i, block in enumerate(self.layer):
-            x, pre = block(x)
-            if i == 0:
-                first_pre = pre
-        return x, first_pre
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x)
 
 
 class CifarWideResNetForImageClassification(CifarPreTrainedModel):
@@ -84,12 +71,19 @@ class CifarWideResNetForImageClassification(CifarPreTrainedModel):
 
     With ``preact=True``, entries 1 and 2 become ``block{2,3}.layer[0].bn1`` applied to them, and entry 3
     becomes ``bn1(block3 output)``. These are the BN outputs that the next ReLU consumes, as in the reference.
+
+    Reproduced quirk of the benchmark: the reference gets these three maps by calling the three BatchNorms a
+    second time (``WideResNet.forward`` with ``is_feat=True, preact=True``). The values equal those of the first
+    call, but in train mode the running statistics of those BatchNorms move twice per step, which changes the
+    evaluated model. AB trains its WRN students this way, so ``preact=True`` does the same here.
     """
 
     config_class = CifarWideResNetConfig
     base_model_prefix = "cifar_wrn"
     _conv_init = "kaiming_fan_out"
     _linear_init = "torch_default_zero_bias"
+    # RepDistiller wrn.py get_feat_modules(): conv1, block1, block2, block3 (not the final bn1).
+    _feature_module_names = ("conv1", "block1", "block2", "block3")
 
     def __init__(self, config: CifarWideResNetConfig):
         super().__init__(config)
@@ -106,13 +100,13 @@ class CifarWideResNetForImageClassification(CifarPreTrainedModel):
 
     def _forward_features(self, pixel_values: torch.Tensor, preact: bool):
         f0 = self.conv1(pixel_values)
-        f1, _ = self.block1(f0)
-        f2, f1_pre = self.block2(f1)
-        f3, f2_pre = self.block3(f2)
-        f3_pre = self.bn1(f3)
-        pooled = global_pool(F.relu(f3_pre))
-        features = [f0, f1_pre, f2_pre, f3_pre] if preact else [f0, f1, f2, f3]
-        return features, pooled
+        f1 = self.block1(f0)
+        f2 = self.block2(f1)
+        f3 = self.block3(f2)
+        pooled = global_pool(F.relu(self.bn1(f3)))
+        if preact:  # second BN calls, as the reference makes them (see the class docstring)
+            f1, f2, f3 = self.block2.layer[0].bn1(f1), self.block3.layer[0].bn1(f2), self.bn1(f3)
+        return [f0, f1, f2, f3], pooled
 
 
 __all__ = ["CifarWideResNetForImageClassification"]

@@ -1,6 +1,6 @@
 """Benchmark-name factory for the CRD/RepDistiller CIFAR-100 model zoo."""
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from numbers import Integral
 
 from transformers import PreTrainedConfig, PreTrainedModel
@@ -112,15 +112,41 @@ def _check_num_labels(num_labels) -> int:
     return int(num_labels)
 
 
-def get_config(name: str, num_labels: int = 100, **config_overrides) -> PreTrainedConfig:
+def _labels_from_class_names(class_names, num_labels) -> tuple[int, dict[int, str]]:
+    """(num_labels, id2label) from a list of class names; ``num_labels`` may be None (taken from the list)."""
+    if isinstance(class_names, (str, bytes)) or not isinstance(class_names, Sequence):
+        raise TypeError(f"class_names must be a list of names, got {type(class_names).__name__}")
+    names = [str(name) for name in class_names]
+    if not names:
+        raise ValueError("class_names is empty: give one name per class")
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ValueError(f"class_names must be unique (label2id maps each name to one id); repeated: {duplicates}")
+    if num_labels is not None and _check_num_labels(num_labels) != len(names):
+        raise ValueError(f"class_names has {len(names)} names but num_labels={num_labels}: give one name per label")
+    return _check_num_labels(len(names)), dict(enumerate(names))
+
+
+def get_config(
+    name: str, num_labels: int | None = None, class_names: Sequence[str] | None = None, **config_overrides
+) -> PreTrainedConfig:
     """Config of a benchmark model. ``config_overrides`` replace architecture fields or set ``id2label`` and the like.
+
+    Args:
+        num_labels: number of classes; defaults to ``len(class_names)``, else 100 (CIFAR-100).
+        class_names: the class names in label-id order. They become ``id2label``/``label2id``, so a pipeline
+            answers "apple" rather than "LABEL_0". Give either this or ``id2label``, not both.
 
     ``id2label`` must have ``num_labels`` entries. ``label2id`` is derived from it when not given.
     """
     canonical = resolve_model_name(name)
-    num_labels = _check_num_labels(num_labels)
     config_cls, arch = _SPECS[canonical]
     kwargs = {**arch, **config_overrides}
+    if class_names is not None:
+        if kwargs.get("id2label") is not None:
+            raise ValueError("give class_names or id2label, not both: class_names already sets id2label and label2id")
+        num_labels, kwargs["id2label"] = _labels_from_class_names(class_names, num_labels)
+    num_labels = _check_num_labels(100 if num_labels is None else num_labels)
     id2label = kwargs.get("id2label")
     if id2label is not None:
         if not isinstance(id2label, Mapping) or len(id2label) != num_labels:
@@ -137,9 +163,15 @@ def get_config(name: str, num_labels: int = 100, **config_overrides) -> PreTrain
     return config_cls(**kwargs)
 
 
-def build_model(name: str, num_labels: int = 100, **config_overrides) -> PreTrainedModel:
-    """Build a randomly initialised benchmark model from its RepDistiller name, e.g. ``build_model("resnet32x4")``."""
-    config = get_config(name, num_labels, **config_overrides)
+def build_model(
+    name: str, num_labels: int | None = None, class_names: Sequence[str] | None = None, **config_overrides
+) -> PreTrainedModel:
+    """Build a randomly initialised benchmark model from its RepDistiller name, e.g. ``build_model("resnet32x4")``.
+
+    ``build_model("resnet8", class_names=["cat", "dog"])`` gives a 2-class model whose config names its labels
+    (``num_labels`` defaults to ``len(class_names)``, else 100). See ``get_config``.
+    """
+    config = get_config(name, num_labels, class_names, **config_overrides)
     return _MODEL_FOR_CONFIG[type(config)](config)
 
 

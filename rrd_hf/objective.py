@@ -1,0 +1,29 @@
+"""The objective's methods, built for the models and the data of a run."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from .config import LossTerm
+from .data.indexing import index_slots, labels_by_index
+from .methods import MethodContext, build_method, method_class
+
+__all__ = ["build_objective"]
+
+
+def build_objective(terms: list[LossTerm], context: MethodContext, train_dataset) -> nn.ModuleDict:
+    """One module per term, keyed by its name. Completes `context` with what the methods ask of the training data
+    (one slot per dataset index, the label of every index) and builds each term from the seed, not the global RNG,
+    so that every process and every run with that seed gets the same heads and memories."""
+    classes = [method_class(term.method) for term in terms]
+    if any(cls.uses_index(term.kwargs) or cls.needs_dataset_labels for cls, term in zip(classes, terms)):
+        context.num_samples = index_slots(train_dataset)
+        if any(cls.needs_dataset_labels for cls in classes) and context.num_samples:
+            context.dataset_labels = labels_by_index(train_dataset, context.num_samples)
+    methods = nn.ModuleDict()
+    for term in terms:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(context.seed)
+            methods[term.name] = build_method(term.method, context, **term.kwargs)
+    return methods

@@ -349,3 +349,10 @@ def test_buffers_follow_the_module_and_move_once_to_the_batch_device(monkeypatch
     for _ in range(3):
         augment(images, training=True, index=torch.arange(2, device="meta"))
     assert moves == []  # later calls find them there: no per-call copy
+
+
+def test_the_python_integer_mixer_equals_the_tensor_one():
+    from rrd_hf.data.augmentation import mix32_int
+
+    values = [0, 1, 2**31, 2**32 - 1, 2**32, 2**40 + 7, 12345678901234] + list(range(1000, 3000, 7))
+    assert [mix32_int(v) for v in values] == mix32(torch.tensor(values, dtype=torch.int64)).tolist()

@@ -25,7 +25,7 @@ def run(command, out_dir):
     return out_dir
 
 
-@pytest.mark.parametrize("memory_type", ["fifo", "momentum"])
+@pytest.mark.parametrize("memory_type", ["fifo", "momentum", "augmented"])
 def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, memory_type):
     two, one = tmp_path / "two", tmp_path / "one"
     two.mkdir(), one.mkdir()

@@ -46,7 +46,8 @@ from .fashion_mnist import (
     read_idx,
 )
 from .images import decode_image
-from .loading import check_labels, describe_source, infer_dataset_info, load_image_dataset, verify_images
+from .checks import check_labels, verify_images
+from .loading import describe_source, infer_dataset_info, load_image_dataset
 from .metadata import dataset_class_names, dataset_image_size, dataset_stats, image_processor_for
 from .paths import DATA_PATHS, choose_data_path, in_memory_budget, total_memory_bytes, uint8_bytes
 from .prepare import prepare_dataset

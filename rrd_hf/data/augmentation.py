@@ -23,7 +23,7 @@ from typing import Sequence
 
 import torch
 
-__all__ = ["mix32", "augmentation_params", "SharedEpoch", "set_epoch"]
+__all__ = ["mix32", "mix32_int", "augmentation_params", "SharedEpoch", "set_epoch", "transform_of"]
 
 _MASK32 = 0xFFFFFFFF
 # Distinct constants separate the three draws made from one sample's hash (top, left, flip).
@@ -52,15 +52,25 @@ def mix32(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 16)
 
 
+def mix32_int(x: int) -> int:
+    """`mix32` of one Python int, in Python arithmetic (the same function; tests check they agree)."""
+    x &= _MASK32
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & _MASK32
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & _MASK32
+    return x ^ (x >> 16)
+
+
 @functools.lru_cache(maxsize=64)
 def _key(seed: int, epoch: int) -> int:
-    """The 32-bit hash of (seed, epoch), computed on the CPU once per epoch (no device synchronisation)."""
-    state = torch.zeros((), dtype=torch.int64)
+    """The 32-bit hash of (seed, epoch), in Python integers once per epoch: no tensor, no device involved."""
+    state = 0
     for value in (int(seed), int(epoch)):
         value %= 2**64  # negative and large seeds are folded into 64 bits, then hashed as two 32-bit words
         for word in (value & _MASK32, value >> 32):
-            state = mix32(state ^ word)
-    return int(state)
+            state = mix32_int(state ^ word)
+    return state
 
 
 def augmentation_params(
@@ -121,7 +131,7 @@ class SharedEpoch:
         return f"SharedEpoch({self.get()})"
 
 
-def _transform_of(dataset):
+def transform_of(dataset):
     """The per-sample transform a prepared ``datasets.Dataset`` runs (``with_transform``), if any."""
     format_ = getattr(dataset, "format", None)
     if isinstance(format_, dict):
@@ -142,7 +152,7 @@ def set_epoch(dataset, epoch: int) -> bool:
 
     if isinstance(dataset, datasets.DatasetDict):
         return any([set_epoch(split, epoch) for split in dataset.values()])
-    transform = _transform_of(dataset)
+    transform = transform_of(dataset)
     if transform is not None and callable(getattr(transform, "set_epoch", None)):
         transform.set_epoch(epoch)
         return True

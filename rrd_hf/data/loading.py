@@ -30,20 +30,18 @@ from .errors import (
     DataError,
     DatasetUnavailableError,
     DataSourceNotFoundError,
-    LabelOutOfRangeError,
     MissingColumnError,
     UnknownSplitError,
 )
 from .fashion_mnist import fashion_mnist_available, load_fashion_mnist
-from .images import decode_image
 from .registry import KNOWN_DATASETS, DatasetInfo, find_dataset_info, get_dataset_info
 
 __all__ = [
     "load_image_dataset",
+    "load_with_info",
     "infer_dataset_info",
     "describe_source",
-    "check_labels",
-    "verify_images",
+    "columns_description",
     "IMAGE_COLUMN",
     "LABEL_COLUMN",
     "INDEX_COLUMN",
@@ -264,7 +262,7 @@ def _load_raw(source, name, load_kwargs, split=None):
 
 
 # ------------------------------------------------------------------------------------------ normalising
-def _columns_description(dataset) -> str:
+def columns_description(dataset) -> str:
     return ", ".join(f"{c} ({type(f).__name__})" for c, f in dataset.features.items())
 
 
@@ -275,13 +273,13 @@ def _pick_image_column(dataset, requested, info, source) -> str:
     if requested is not None:
         if requested not in features:
             raise MissingColumnError(
-                f"image column {requested!r} not found in {source}; columns present: {_columns_description(dataset)}. "
+                f"image column {requested!r} not found in {source}; columns present: {columns_description(dataset)}. "
                 "Pass image_column= one of those."
             )
         if not isinstance(features[requested], datasets.Image):
             raise MissingColumnError(
                 f"column {requested!r} of {source} is {features[requested]!r}, not an Image feature; columns present: "
-                f"{_columns_description(dataset)}. Cast it first (dataset.cast_column({requested!r}, datasets.Image())) "
+                f"{columns_description(dataset)}. Cast it first (dataset.cast_column({requested!r}, datasets.Image())) "
                 "or pass image_column= the Image column."
             )
         return requested
@@ -296,7 +294,7 @@ def _pick_image_column(dataset, requested, info, source) -> str:
     if not image_columns:
         raise MissingColumnError(
             f"no image column in {source}: no column has the datasets.Image feature; columns present: "
-            f"{_columns_description(dataset)}. Pass image_column= (an Image column) or cast one with "
+            f"{columns_description(dataset)}. Pass image_column= (an Image column) or cast one with "
             "dataset.cast_column(name, datasets.Image())."
         )
     raise MissingColumnError(
@@ -311,7 +309,7 @@ def _pick_label_column(dataset, requested, info, source, image_column) -> str:
     if requested is not None:
         if requested not in features:
             raise MissingColumnError(
-                f"label column {requested!r} not found in {source}; columns present: {_columns_description(dataset)}. "
+                f"label column {requested!r} not found in {source}; columns present: {columns_description(dataset)}. "
                 "Pass label_column= one of those."
             )
         return requested
@@ -325,7 +323,7 @@ def _pick_label_column(dataset, requested, info, source, image_column) -> str:
         return class_labels[0]
     raise MissingColumnError(
         f"no label column found in {source} (looked for {list(_LABEL_NAMES)} or a single ClassLabel column); "
-        f"columns present: {_columns_description(dataset)}. Pass label_column= the column holding the class ids."
+        f"columns present: {columns_description(dataset)}. Pass label_column= the column holding the class ids."
     )
 
 
@@ -344,19 +342,19 @@ def _normalise(dataset, *, image_column, label_column, info, keep_columns, add_i
         elif not (label_feature.dtype.startswith(("int", "uint")) or label_feature.dtype == "bool"):
             raise MissingColumnError(
                 f"label column {label_col!r} of {source} holds {label_feature.dtype} values; labels must be integer "
-                f"class ids (or strings, which are class-encoded). Columns present: {_columns_description(dataset)}. "
+                f"class ids (or strings, which are class-encoded). Columns present: {columns_description(dataset)}. "
                 "Pass label_column= another column or cast this one to int."
             )
     elif not isinstance(label_feature, datasets.ClassLabel):
         raise MissingColumnError(
             f"label column {label_col!r} of {source} is {label_feature!r}; single-label classification needs a "
-            f"ClassLabel or integer column. Columns present: {_columns_description(dataset)}."
+            f"ClassLabel or integer column. Columns present: {columns_description(dataset)}."
         )
     keep = list(keep_columns)
     unknown = [c for c in keep if c not in features]
     if unknown:
         raise MissingColumnError(
-            f"keep_columns {unknown} not found in {source}; columns present: {_columns_description(dataset)}."
+            f"keep_columns {unknown} not found in {source}; columns present: {columns_description(dataset)}."
         )
     clashes = [c for c in keep if c in (IMAGE_COLUMN, LABEL_COLUMN, INDEX_COLUMN) or c in (image_col, label_col)]
     if clashes:
@@ -408,7 +406,7 @@ def _select_split(loaded, split, shown):
     return {split: splits[split]}
 
 
-def _load(
+def load_with_info(
     source,
     split=None,
     *,
@@ -441,6 +439,8 @@ def _load(
         )
         _set_tag(ds, where, info)
         if verify:
+            from .checks import verify_images  # checks.py builds on this module
+
             verify_images(ds)
         out[split_name] = ds
     result = out[split] if split is not None else datasets.DatasetDict(out)
@@ -484,7 +484,7 @@ def load_image_dataset(
         UnknownDatasetError, UnknownSplitError, MissingColumnError, DataSourceNotFoundError,
         DatasetUnavailableError (Hub unreachable or offline and not cached: pass a local path), CorruptImageError.
     """
-    result, _ = _load(
+    result, _ = load_with_info(
         source,
         split,
         name=name,
@@ -497,99 +497,3 @@ def load_image_dataset(
         **load_kwargs,
     )
     return result
-
-
-# ------------------------------------------------------------------------------------------- checks
-def _label_array(dataset, label_column):
-    import datasets
-
-    if isinstance(dataset, datasets.Dataset):
-        if label_column not in dataset.column_names:
-            raise MissingColumnError(
-                f"label column {label_column!r} not found in {describe_source(dataset)}; columns present: "
-                f"{_columns_description(dataset)}. Pass label_column=."
-            )
-        feature = dataset.features[label_column]
-        values = dataset.with_format("numpy", columns=[label_column])[:][label_column]
-        indices = None
-        if INDEX_COLUMN in dataset.column_names:
-            indices = dataset.with_format("numpy", columns=[INDEX_COLUMN])[:][INDEX_COLUMN]
-        return np.asarray(values), indices, feature, describe_source(dataset)
-    labels = getattr(dataset, "labels", None)
-    if labels is None:
-        raise DataError(
-            f"check_labels needs a datasets.Dataset/DatasetDict or an object with a 'labels' tensor, got "
-            f"{type(dataset).__name__}."
-        )
-    index = getattr(dataset, "index", None)
-    to_numpy = lambda t: t.detach().cpu().numpy() if hasattr(t, "detach") else np.asarray(t)  # noqa: E731
-    return to_numpy(labels), (to_numpy(index) if index is not None else None), None, type(dataset).__name__
-
-
-def check_labels(dataset, num_labels: int, *, label_column: str = LABEL_COLUMN) -> None:
-    """Raise :class:`LabelOutOfRangeError` unless every label is an integer in ``[0, num_labels)``.
-
-    Works on a ``Dataset``, a ``DatasetDict`` (every split) or an :class:`InMemoryImageDataset`. The message
-    names the first offending value, its row (and ``index``), how many rows are affected, and what to do.
-    """
-    import datasets
-
-    if isinstance(dataset, datasets.DatasetDict):
-        for split_dataset in dataset.values():
-            check_labels(split_dataset, num_labels, label_column=label_column)
-        return
-    if int(num_labels) < 1:
-        raise DataError(f"num_labels must be >= 1, got {num_labels}.")
-    values, indices, feature, source = _label_array(dataset, label_column)
-    if values.size == 0:
-        return
-    if values.dtype.kind == "f" or values.dtype.kind == "O":
-        nulls = np.array([v is None or (isinstance(v, float) and np.isnan(v)) for v in values.tolist()])
-        if nulls.any():
-            row = int(np.argmax(nulls))
-            raise LabelOutOfRangeError(
-                f"missing (null) label in row {row} of {source} ({int(nulls.sum())} rows affected); drop unlabelled rows "
-                "first, e.g. dataset.filter(lambda ex: ex['label'] is not None)."
-            )
-        values = values.astype(np.int64)
-    bad = (values < 0) | (values >= num_labels)
-    if not bad.any():
-        return
-    row = int(np.argmax(bad))
-    value = int(values[row])
-    index_note = f", index {int(indices[row])}" if indices is not None else ""
-    classes = ""
-    if isinstance(feature, datasets.ClassLabel):
-        classes = f" The label column is a ClassLabel with {feature.num_classes} classes."
-    raise LabelOutOfRangeError(
-        f"label {value} in row {row}{index_note} of {source} is out of range for a model with num_labels={num_labels} "
-        f"(valid labels are 0..{num_labels - 1}); {int(bad.sum())} rows are affected, labels seen span "
-        f"{int(values.min())}..{int(values.max())}.{classes} Build the model with num_labels={int(values.max()) + 1} "
-        f"(or the dataset's number of classes), pick the right label column, or filter/remap the labels, e.g. "
-        f"dataset.filter(lambda ex: 0 <= ex['{label_column}'] < {num_labels})."
-    )
-
-
-def verify_images(dataset, *, image_column: str = IMAGE_COLUMN, source: str | None = None) -> int:
-    """Decode every image of ``dataset``; raise :class:`CorruptImageError` (row index and source) at the first
-    unreadable one. Returns the number of images checked."""
-    import datasets
-
-    if isinstance(dataset, datasets.DatasetDict):
-        return sum(verify_images(d, image_column=image_column, source=source) for d in dataset.values())
-    if image_column not in dataset.column_names:
-        raise MissingColumnError(
-            f"image column {image_column!r} not found in {describe_source(dataset)}; columns present: "
-            f"{_columns_description(dataset)}."
-        )
-    source = source or describe_source(dataset)
-    columns = [image_column] + ([INDEX_COLUMN] if INDEX_COLUMN in dataset.column_names else [])
-    raw = dataset.select_columns(columns).cast_column(image_column, datasets.Image(decode=False))
-    raw = raw.with_format(None)
-    count = 0
-    for batch in raw.iter(batch_size=256):
-        rows = batch.get(INDEX_COLUMN) or range(count, count + len(batch[image_column]))
-        for value, row in zip(batch[image_column], rows):
-            decode_image(value, row=row, source=source)
-        count += len(batch[image_column])
-    return count

@@ -8,16 +8,11 @@ were actually normalised with, which :func:`dataset_stats` reads from the prepar
 
 from __future__ import annotations
 
+from .augmentation import transform_of
 from .errors import DataError
 from .registry import DatasetInfo, NormalizationStats, resolve_stats
 
 __all__ = ["dataset_stats", "dataset_class_names", "dataset_image_size", "image_processor_for"]
-
-
-def _transform_of(dataset):
-    from .augmentation import _transform_of as find
-
-    return find(dataset)
 
 
 def _inner(dataset):
@@ -37,7 +32,7 @@ def _own_stats(dataset) -> NormalizationStats | None:
                 "prepare every split with the same stats= (the training split's)."
             )
         return found.pop() if found else None
-    transform = _transform_of(dataset)
+    transform = transform_of(dataset)
     if transform is not None:
         stats = getattr(transform, "stats", None)
         return stats if isinstance(stats, NormalizationStats) else None
@@ -98,7 +93,7 @@ def dataset_class_names(dataset) -> list[str] | None:
 
 def dataset_image_size(dataset) -> int | None:
     """The side length of the images the batches of ``dataset`` hold, when it can be read without loading one."""
-    transform = _transform_of(dataset)
+    transform = transform_of(dataset)
     if transform is not None and getattr(transform, "image_size", None) is not None:
         return int(transform.image_size)
     images = getattr(dataset, "images", None)

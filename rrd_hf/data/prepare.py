@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from .errors import DataError
-from .loading import INDEX_COLUMN, _load, describe_source, check_labels
+from .checks import check_labels
+from .loading import INDEX_COLUMN, describe_source, load_with_info
 from .registry import StatsLike
 from .transforms import build_transforms
 
@@ -55,7 +56,7 @@ def prepare_dataset(
     """
     import datasets
 
-    loaded, info = _load(
+    loaded, info = load_with_info(
         source,
         split,
         name=name,

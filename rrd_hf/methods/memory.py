@@ -7,8 +7,7 @@ feeds them the keys gathered from all processes, so every process holds the iden
 
 No update or read waits for the accelerator: counters that decide random draws are mirrored on the host (restored
 from the state dict when a checkpoint is loaded), random numbers are drawn on the memory's device, and nothing
-data-dependent is read back. Index ranges are checked on CPU; on an accelerator an out-of-range index fails in the
-indexing kernel itself.
+data-dependent is read back. Index ranges are checked with asynchronous asserts (see `check_index_range`).
 """
 
 from __future__ import annotations
@@ -36,12 +35,15 @@ _MEMORY_HINT = ("The memory is sized by the training set (its largest `index` + 
 
 
 def check_index_range(indices: torch.Tensor, size: int, what: str = "sample index", hint: str = _MEMORY_HINT) -> None:
-    """Fail clearly on an index outside `[0, size)` when that costs nothing (CPU tensors); see the module docstring."""
-    if indices.device.type != "cpu" or indices.numel() == 0:
+    """Fail on an index outside `[0, size)` without waiting for the device: an asynchronous assert, which raises at
+    once on CPU (as a ValueError with `hint`) and as a device-side assert on an accelerator."""
+    if indices.numel() == 0:
         return
-    low, high = int(indices.min()), int(indices.max())
-    if low < 0 or high >= size:
-        raise ValueError(f"{what} out of range [0, {size}): min {low}, max {high}. {hint}")
+    inside = ((indices >= 0) & (indices < size)).all()
+    try:
+        torch._assert_async(inside, f"{what} out of range [0, {size}). {hint}")
+    except RuntimeError as error:  # CPU: synchronous
+        raise ValueError(str(error)) from None
 
 
 def first_occurrence(indices: torch.Tensor) -> torch.Tensor:

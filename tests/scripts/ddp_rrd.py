@@ -7,15 +7,28 @@ import sys
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
+import torch  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
 from helpers import TinyImageDataset, tiny_model  # noqa: E402
 from rrd_hf import RRDConfig, RRDTrainer  # noqa: E402
 
 
+def augmented_data():
+    """The fast path: uint8 images in memory, random crop + flip on the device from (seed, epoch, sample index)."""
+    from rrd_hf.data import DeviceAugmentation, InMemoryImageDataset
+
+    data = TinyImageDataset(48, with_index=True)
+    images = ((data.images - data.images.min()) / (data.images.max() - data.images.min()) * 255).to(torch.uint8)
+    return InMemoryImageDataset(images, data.labels, stats="cifar10"), DeviceAugmentation("cifar10", seed=0)
+
+
 def main(out_dir: str, per_device_batch: int, variant: str) -> None:
-    """`variant`: `fifo` / `momentum` (RRD+KD with that memory) or `crd` (CRD+KD: dataset-sized banks)."""
-    losses = dict(rrd_weight=0.0, distill_method="crd") if variant == "crd" else dict(memory_type=variant)
+    """`variant`: `fifo` / `momentum` (RRD+KD with that memory), `crd` (CRD+KD: dataset-sized banks), or `augmented`
+    (RRD+KD, FIFO, on the augmented fast path: every process must crop each sample as one process would)."""
+    losses = dict(rrd_weight=0.0, distill_method="crd") if variant == "crd" else dict(memory_type="fifo" if
+                                                                                      variant == "augmented" else variant)
+    train, transform = augmented_data() if variant == "augmented" else (TinyImageDataset(48, with_index=True), None)
     args = RRDConfig(
         output_dir=os.path.join(out_dir, "run"), max_steps=6, per_device_train_batch_size=per_device_batch,
         memory_size=24, kd_weight=1.0, learning_rate=0.1, optim="sgd", logging_steps=2, **losses,
@@ -25,7 +38,7 @@ def main(out_dir: str, per_device_batch: int, variant: str) -> None:
     # No BatchNorm: per-process batch statistics would make 2x4 differ from 1x8 for reasons unrelated to RRD.
     trainer = RRDTrainer(
         model=tiny_model(seed=1, use_bn=False), teacher_model=tiny_model(width=16, seed=2, use_bn=False), args=args,
-        train_dataset=TinyImageDataset(48, with_index=True),
+        train_dataset=train, batch_transform=transform,
     )
     trainer.train()
     rank = trainer.args.process_index

@@ -77,6 +77,7 @@ def extra_state(trainer) -> tuple[int, int]:
 
 def one_step(trainer, batch):
     trainer.training_step(trainer.model, batch)
+    trainer.check_finite_before_step()  # what Trainer's on_pre_optimizer_step runs: the NaN/inf guard's share
     trainer.optimizer.step()
     trainer.optimizer.zero_grad(set_to_none=True)
 
@@ -93,8 +94,12 @@ def main() -> None:
     parser.add_argument("--cpu", action="store_true", help="stay on the CPU even when CUDA is available")
     parser.add_argument("--methods", default="core", help="core (CE, KD, RRD, RRD+KD) or all")
     parser.add_argument("--num-samples", type=int, default=50000, help="training-set size (CRD's banks)")
+    parser.add_argument("--guard", action="store_true",
+                        help="also time RRD+KD with check_finite=False: the cost of the NaN/inf guard")
     args = parser.parse_args()
     methods = dict(CORE, **(OTHERS if args.methods == "all" else {}))
+    if args.guard:
+        methods["RRD+KD unchecked"] = dict(CORE["RRD+KD"], check_finite=False)
 
     device_is_cpu = args.cpu or not torch.cuda.is_available()
     sync = (lambda: None) if device_is_cpu else torch.cuda.synchronize
@@ -121,12 +126,12 @@ def main() -> None:
     print(f"{args.teacher} -> {args.student}, batch {args.batch_size}, memory {args.memory_size}, "
           f"{'bf16' if args.bf16 else 'fp32'}, {where}, {args.repeats} steps each")
     kd_median, kd_best = statistics.median(times["KD"]), min(times["KD"])
-    print(f"{'method':<10} {'median ms':>10} {'x KD':>6} {'best ms':>9} {'x KD':>6} {'extra params':>13} "
+    print(f"{'method':<16} {'median ms':>10} {'x KD':>6} {'best ms':>9} {'x KD':>6} {'extra params':>13} "
           f"{'extra buffers':>14}")
     for name, values in times.items():
         median, best = statistics.median(values), min(values)
         params, buffers = extra_state(trainers[name])
-        print(f"{name:<10} {median * 1e3:>10.1f} {median / kd_median:>6.3f} {best * 1e3:>9.1f} {best / kd_best:>6.3f} "
+        print(f"{name:<16} {median * 1e3:>10.1f} {median / kd_median:>6.3f} {best * 1e3:>9.1f} {best / kd_best:>6.3f} "
               f"{params:>13,} {buffers:>14,}")
 
 

@@ -186,6 +186,8 @@ class RRDConfig(TrainingArguments):
             included, as the CIFAR benchmark code does (`SGD(model.parameters(), weight_decay=...)`).
         overwrite_output_dir (`bool`, defaults to False): allow a new run into an `output_dir` that holds a finished
             model or checkpoints (their files are replaced). Without it such a run is refused unless it resumes.
+        channels_last (`bool`, defaults to True): student, teacher and batches in channels-last memory order (faster
+            convolutions; the same values up to float rounding; the saved weights are ordinary tensors).
         check_finite (`bool`, defaults to True): stop the run when a loss term, a gradient or a BatchNorm statistic
             becomes NaN or infinite, before the optimizer step uses it.
     """
@@ -266,6 +268,10 @@ class RRDConfig(TrainingArguments):
     )
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Allow a new run into an output_dir holding a finished model or checkpoints."}
+    )
+    channels_last: bool = field(
+        default=True, metadata={"help": "Keep convolution weights and batches in channels-last memory order: faster "
+                                        "convolutions on CPU and GPU, the same values up to float rounding."}
     )
     check_finite: bool = field(
         default=True, metadata={"help": "Stop when a loss term, gradient or BatchNorm statistic is NaN or infinite."}

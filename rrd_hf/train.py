@@ -185,6 +185,12 @@ def _load_splits(data_args: DataArguments, seed: int, training_args=None):
         if device is not None:  # device tensors can be neither pinned nor shared with loader processes
             training_args.dataloader_num_workers, training_args.dataloader_pin_memory = 0, False
             logger.info("decoded images on %s: DataLoader without workers or pinned memory", device)
+        elif training_args is not None and workers:
+            # A batch is one tensor index: loader processes would only add inter-process copies and take cores
+            # from the models. The workers above decoded the images.
+            training_args.dataloader_num_workers = 0
+            logger.info("in-memory data: batches are gathered in the main process (the %d workers only decoded)",
+                        workers)
         transform = DeviceAugmentation(stats, seed=seed)
         if device is not None:
             transform.to(device)

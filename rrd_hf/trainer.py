@@ -148,6 +148,8 @@ class RRDTrainer(HubMixin, Trainer):
         )
         self.model_accepts_loss_kwargs = False
         self._refuse_unsupported_setups()
+        if self.args.channels_last:
+            self.model.to(memory_format=torch.channels_last)
         if isinstance(batch_transform, nn.Module):
             batch_transform = batch_transform.to(self.args.device)  # once, not per step
         self.batch_transform = batch_transform
@@ -164,6 +166,8 @@ class RRDTrainer(HubMixin, Trainer):
         self.teacher = self.teacher_reader = self.teacher_input_adapter = None
         if teacher is not None:
             self.teacher = teacher.eval().requires_grad_(False).to(self.args.device)
+            if self.args.channels_last:
+                self.teacher.to(memory_format=torch.channels_last)
             self._cast_teacher_for_autocast()
             self.teacher_reader = ActivationReader(self.teacher, "teacher", **reader_options,
                                                    feature_module=self.args.teacher_feature_module,
@@ -263,6 +267,8 @@ class RRDTrainer(HubMixin, Trainer):
         if self.batch_transform is not None and "pixel_values" in inputs:
             inputs["pixel_values"] = self.batch_transform(
                 inputs["pixel_values"], self._in_training_step, index=inputs.get("index"), epoch=self._augmentation_epoch)
+        if self.args.channels_last and inputs.get("pixel_values") is not None and inputs["pixel_values"].dim() == 4:
+            inputs["pixel_values"] = inputs["pixel_values"].contiguous(memory_format=torch.channels_last)
         return inputs
 
     def _get_dataloader(self, dataset, description, batch_size, sampler_fn=None, is_training=False, dataloader_key=None):

@@ -103,6 +103,8 @@ def _demo(argv: list[str]) -> None:
                         help=f"RRD memory K (default {defaults.memory_size}; 16384 in the paper, for 50k images)")
     parser.add_argument("--seed", type=int, default=defaults.seed, help=f"(default {defaults.seed})")
     parser.add_argument("--gpu", action="store_true", help="use the accelerator when there is one")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the models of an earlier demo in --output-dir (refused without it)")
     run_demo(DemoSettings(**vars(parser.parse_args(argv))))
 
 
@@ -127,9 +129,9 @@ TEACHER_HELP_FIELDS = (
 
 def _recipe_parser(prog: str, teacher_only: bool):
     """The parser `rrd_hf.train` parses recipes with, named after the subcommand (for --help-all)."""
-    from .train import _parser
+    from .train import recipe_parser
 
-    parser = _parser(prog)
+    parser = recipe_parser(prog)
     for action in parser._actions:  # argparse %-formats help texts: a literal "25%" would break --help
         if action.help:
             action.help = re.sub(r"%(?!\(\w+\)[sdrf])", "%%", action.help)

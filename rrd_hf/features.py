@@ -172,6 +172,19 @@ class ActivationReader:
             hidden = (*hidden, features)
         return Activations(logits, features, None if hidden is None else tuple(hidden))
 
+    @torch.no_grad()
+    def read_example(self, model: nn.Module, pixel_values: torch.Tensor, autocast, adapt=None) -> Activations:
+        """Activations of one eval-mode forward (BatchNorm statistics untouched), to size the methods' parts."""
+        was_training = model.training
+        model.eval()
+        try:
+            with autocast():
+                output = model(pixel_values=adapt(pixel_values) if adapt is not None else pixel_values,
+                               **self.forward_kwargs)
+        finally:
+            model.train(was_training)
+        return self.read(output)
+
     def clear(self) -> None:
         for tap in (self.feature_tap, self.hidden_tap):
             if tap is not None:

@@ -1,15 +1,16 @@
-"""The objective's methods, built for the models and the data of a run."""
+"""The objective's methods, built for the models and the data of a run, and wrapped for data parallelism."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
 
 from .config import LossTerm
 from .data.indexing import index_slots, labels_by_index
 from .methods import MethodContext, build_method, method_class
 
-__all__ = ["build_objective"]
+__all__ = ["build_objective", "data_parallel"]
 
 
 def build_objective(terms: list[LossTerm], context: MethodContext, train_dataset) -> nn.ModuleDict:
@@ -27,3 +28,15 @@ def build_objective(terms: list[LossTerm], context: MethodContext, train_dataset
             torch.manual_seed(context.seed)
             methods[term.name] = build_method(term.method, context, **term.kwargs)
     return methods
+
+
+def data_parallel(method: nn.Module, num_processes: int) -> nn.Module:
+    """`method` wrapped in DDP when it has trainable parameters and several processes train, so that their gradients
+    are all-reduced with the student's. Memories are kept identical by gathering keys, not by DDP: every buffer is
+    left out of DDP's broadcasts. Inputs are already on the device (device_ids=None: DDP does not move them)."""
+    trainable = any(p.requires_grad for p in method.parameters())
+    if not (trainable and num_processes > 1 and torch.distributed.is_initialized()):
+        return method
+    buffers = [name for name, _ in method.named_buffers()]
+    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(method, buffers)
+    return DistributedDataParallel(method, device_ids=None, find_unused_parameters=False)

@@ -20,7 +20,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 __all__ = ["ImageStats", "image_stats_from_pretrained", "image_stats_from_processor", "image_stats_from_config",
-           "TeacherInputAdapter", "resolve_teacher", "check_same_labels", "label_names", "build_teacher_input_adapter"]
+           "TeacherInputAdapter", "resolve_teacher", "freeze_teacher", "check_same_labels", "label_names",
+           "build_teacher_input_adapter"]
 
 logger = logging.getLogger(__name__)
 
@@ -218,6 +219,23 @@ def resolve_teacher(teacher_model, args, init_kwargs: dict) -> nn.Module | None:
     if not isinstance(teacher_model, nn.Module):
         raise TypeError(f"teacher_model must be a module, a path or a Hub id, got {type(teacher_model).__name__}.")
     return teacher_model
+
+
+_AUTOCAST_CASTS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Linear)
+
+
+def freeze_teacher(teacher: nn.Module, device, channels_last: bool, mixed_precision: str | None) -> nn.Module:
+    """Eval mode, no gradients, on the device. Under bf16/fp16 autocast its convolutions and linear layers run in
+    half precision: their weights are cast once here instead of at every step (the values autocast would use)."""
+    teacher = teacher.eval().requires_grad_(False).to(device)
+    if channels_last:
+        teacher.to(memory_format=torch.channels_last)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(str(mixed_precision))
+    if dtype is not None:
+        for module in teacher.modules():
+            if isinstance(module, _AUTOCAST_CASTS):
+                module.to(dtype)
+    return teacher
 
 
 def label_names(config) -> list[str] | None:

@@ -17,7 +17,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Literal
 
-__all__ = ["ModelArguments", "DataArguments", "parse_recipe", "run", "main"]
+__all__ = ["ModelArguments", "DataArguments", "recipe_parser", "parse_recipe", "run", "main"]
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ class DataArguments:
             self.data_path = alias
 
 
-def _parser(prog: str = "rrd-hf train"):
+def recipe_parser(prog: str = "rrd-hf train"):
     from transformers import HfArgumentParser
 
     from .config import RRDConfig
@@ -103,7 +103,7 @@ def parse_recipe(argv: list[str], *, teacher_only: bool = False):
     """
     import yaml
 
-    parser = _parser("rrd-hf train-teacher" if teacher_only else "rrd-hf train")
+    parser = recipe_parser("rrd-hf train-teacher" if teacher_only else "rrd-hf train")
     if teacher_only:
         parser.set_defaults(kd_weight=0.0, rrd_weight=0.0)
     if argv and argv[0].endswith((".yaml", ".yml", ".json")):
@@ -283,7 +283,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, config, *, teacher
 def main(argv: list[str] | None = None, *, teacher_only: bool = False) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in ("-h", "--help"):
-        _parser().print_help()
+        recipe_parser().print_help()
         return {}
     model_args, data_args, config = parse_recipe(argv, teacher_only=teacher_only)
     return run(model_args, data_args, config, teacher_only=teacher_only)

@@ -31,18 +31,18 @@ from .guard import FiniteGuard
 from .hub import HubMixin
 from .methods import MethodContext, method_class
 from .metrics import compute_classification_metrics
-from .objective import build_objective
+from .objective import build_objective, data_parallel
 from .optimization import multistep_schedule, use_fused_step
 from .pretrained import load_image_classifier
 from .stages import Stage, init_stages, set_student_mode, stage_training
 from .student import name_classes_from_data, processor_matching_data
-from .teacher import ImageStats, build_teacher_input_adapter, check_same_labels, image_stats_from_processor, resolve_teacher
+from .teacher import (ImageStats, build_teacher_input_adapter, check_same_labels, freeze_teacher,
+                      image_stats_from_processor, resolve_teacher)
 
 __all__ = ["RRDTrainer", "DISTILL_STATE_NAME"]
 
 logger = logging.getLogger(__name__)
 _BATCH_ONLY_KEYS = ("labels", "index")
-_AUTOCAST_CASTS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Linear)
 
 
 class _RunCallback(TrainerCallback):
@@ -165,10 +165,8 @@ class RRDTrainer(HubMixin, Trainer):
                                                hidden_modules=self.args.student_hidden_modules)
         self.teacher = self.teacher_reader = self.teacher_input_adapter = None
         if teacher is not None:
-            self.teacher = teacher.eval().requires_grad_(False).to(self.args.device)
-            if self.args.channels_last:
-                self.teacher.to(memory_format=torch.channels_last)
-            self._cast_teacher_for_autocast()
+            self.teacher = freeze_teacher(teacher, self.args.device, self.args.channels_last,
+                                          self.accelerator.mixed_precision)
             self.teacher_reader = ActivationReader(self.teacher, "teacher", **reader_options,
                                                    feature_module=self.args.teacher_feature_module,
                                                    hidden_modules=self.args.teacher_hidden_modules)
@@ -213,15 +211,6 @@ class RRDTrainer(HubMixin, Trainer):
             raise ValueError("fp16 needs a CUDA device; on CPU it would do nothing. Use bf16=True (CPU autocast) or "
                              "train in float32.")
 
-    def _cast_teacher_for_autocast(self) -> None:
-        """Under bf16/fp16 autocast, convolutions and linear layers run in half precision: cast the frozen teacher's
-        weights once instead of at every step (the same values autocast would produce)."""
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(str(self.accelerator.mixed_precision))
-        if dtype is not None:
-            for module in self.teacher.modules():
-                if isinstance(module, _AUTOCAST_CASTS):
-                    module.to(dtype)
-
     @torch.no_grad()
     def _example_activations(self, train_dataset):
         """Activations of both models on a dummy batch shaped like the training data (eval mode: BN untouched)."""
@@ -239,17 +228,9 @@ class RRDTrainer(HubMixin, Trainer):
         if self.batch_transform is not None:
             pixel_values = self.batch_transform(pixel_values, False, index=torch.arange(2, device=pixel_values.device))
         pixel_values = pixel_values.float()
-        examples = []
-        for model, reader, adapt in ((self.model, self.student_reader, None),
-                                     (self.teacher, self.teacher_reader, self.teacher_input_adapter)):
-            was_training = model.training
-            model.eval()
-            with self.accelerator.autocast():
-                output = model(pixel_values=adapt(pixel_values) if adapt is not None else pixel_values,
-                               **reader.forward_kwargs)
-            model.train(was_training)
-            examples.append(reader.read(output))
-        return examples
+        autocast = self.accelerator.autocast
+        return (self.student_reader.read_example(self.model, pixel_values, autocast),
+                self.teacher_reader.read_example(self.teacher, pixel_values, autocast, self.teacher_input_adapter))
 
     def _build_methods(self, train_dataset) -> None:
         student, teacher = self._example_activations(train_dataset)
@@ -292,16 +273,7 @@ class RRDTrainer(HubMixin, Trainer):
     def _method(self, name: str) -> nn.Module:
         """`self.methods[name]`, DDP-wrapped under data parallelism so its gradients are all-reduced."""
         if name not in self._wrapped:
-            module = self.methods[name]
-            trainable = any(p.requires_grad for p in module.parameters())
-            if trainable and self.accelerator.num_processes > 1 and torch.distributed.is_initialized():
-                # Memories are kept identical by gathering keys, not by DDP: every buffer is left out of DDP's
-                # broadcasts. Inputs are already on the device (device_ids=None: DDP does not move them).
-                buffers = [buffer_name for buffer_name, _ in module.named_buffers()]
-                DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, buffers)
-                self._wrapped[name] = DistributedDataParallel(module, device_ids=None, find_unused_parameters=False)
-            else:
-                self._wrapped[name] = module
+            self._wrapped[name] = data_parallel(self.methods[name], self.accelerator.num_processes)
         return self._wrapped[name]
 
     def _active_terms(self) -> tuple[float, list[tuple[str, float]]]:

@@ -389,6 +389,24 @@ def test_accelerate_launch_runs_a_recipe_like_rrd_hf_train(tmp_path, cifar10_lik
     assert run.configuration["weight_decay"] == 5e-4 and run.configuration["data.max_train_samples"] is None
 
 
+def test_a_second_demo_into_the_same_folder_is_refused_before_any_work(tmp_path, capsys):
+    from rrd_hf.models import build_model
+
+    build_model("resnet8", 10).save_pretrained(tmp_path / "student-RRD")  # what an earlier demo left
+    before = sorted(p.name for p in (tmp_path / "student-RRD").iterdir())
+    with pytest.raises(SystemExit) as exit_info:
+        cli(["demo", "--output-dir", str(tmp_path)])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert f"{tmp_path} already holds a demo: student-RRD/ (model.safetensors" in err
+    assert "--output-dir NEW_FOLDER" in err and "--overwrite" in err
+    assert sorted(p.name for p in (tmp_path / "student-RRD").iterdir()) == before  # nothing touched
+    assert not (tmp_path / "teacher").exists()
+    from rrd_hf.demo import DemoSettings, check_output_dir
+
+    check_output_dir(DemoSettings(output_dir=str(tmp_path), overwrite=True))  # --overwrite lets it through
+
+
 def test_demo_runs_end_to_end_on_a_small_budget(tmp_path, capsys):
     from rrd_hf.data import fashion_mnist_available
 

@@ -571,6 +571,20 @@ def test_crd_other_class_negatives_exclude_the_own_class():
     assert "labels" not in memory.state_dict()
 
 
+def test_crd_other_class_negatives_are_uniform_over_the_other_classes():
+    # RepDistiller's CIFAR sampler: np.random.choice(cls_negative[target], K, replace=False), every other-class
+    # sample equally likely. Counted over 3,000 rows: each of the 45 candidates is expected 3000 * 10 / 45 = 667
+    # times (standard deviation ~23); samples of the row's own class never.
+    labels = torch.arange(60) % 4
+    memory = CRDMemory(60, 8, num_negatives=10, seed=2, labels=labels)
+    draw = memory.sample_indices(torch.zeros(3000, dtype=torch.long))[:, 1:]
+    counts = torch.bincount(draw.reshape(-1), minlength=60)
+    assert counts[labels == 0].sum() == 0
+    others = counts[labels != 0].double()
+    assert others.sum() == 30000 and others.min() > 667 - 120 and others.max() < 667 + 120
+    assert all(len(set(row)) == 10 for row in draw.tolist())
+
+
 def tiny_outputs(features):
     return Activations(logits=torch.zeros(features.shape[0], 3), features=features)
 

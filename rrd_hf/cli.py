@@ -26,7 +26,8 @@ __all__ = ["main", "COMMANDS", "DEBUG_ENV"]
 
 DEBUG_ENV = "RRD_HF_DEBUG"
 #: Errors that come from what the user asked for (arguments, files, data, missing extras): one message, no traceback.
-USER_ERRORS = (ValueError, OSError, ImportError)
+#: A run stopped by its NaN/inf check is one of them: the message says what went non-finite and what to do.
+USER_ERRORS = (ValueError, OSError, ImportError, FloatingPointError)
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):

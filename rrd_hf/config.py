@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import typing
 from collections.abc import Mapping
@@ -290,6 +291,7 @@ class RRDConfig(TrainingArguments):
 
     def __post_init__(self):
         self._coerce_floats()
+        self._check_finite_numbers()
         self._apply_preset()
         if isinstance(self.distill_kwargs, str):
             self.distill_kwargs = _json_value(self.distill_kwargs, "distill_kwargs")
@@ -311,6 +313,15 @@ class RRDConfig(TrainingArguments):
                     setattr(self, f.name, float(value))
                 except ValueError:
                     raise ValueError(f"{f.name} must be a number, got {value!r}.") from None
+
+    def _check_finite_numbers(self) -> None:
+        # A NaN or infinite learning rate, weight decay or loss weight trains with finite gradients and leaves
+        # non-finite weights after the step: refuse it before anything runs.
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            values = value if isinstance(value, (list, tuple)) else [value]
+            if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+                raise ValueError(f"{f.name} must be a finite number, got {value!r}.")
 
     def _apply_preset(self) -> None:
         if self.rrd_preset not in RRD_PRESETS:

@@ -7,7 +7,8 @@ the device: a sticky flag, and the values and step of the first bad observation.
 the run continues without waiting for the accelerator, its weights frozen at the last good step, until the next
 point where the host reads values anyway (a logging step, an evaluation, a save, the end of training), where
 `raise_if_tripped` raises `NonFiniteError` naming the step and the term. With any other optimizer the flag is read
-before every optimizer step (one sync per step). Either way nothing non-finite is saved: saves check first.
+before every optimizer step (one sync per step). Either way nothing non-finite is saved: saves check first, the
+weights themselves included (`check_weights`, one read per save).
 """
 
 from __future__ import annotations
@@ -77,6 +78,24 @@ class FiniteGuard:
         self.step = self.step + 1
         self.settled = self.tripped
         return self.tripped
+
+    @staticmethod
+    def check_weights(modules: dict[str, nn.Module], step: int) -> None:
+        """Parameters and floating buffers, read once before they are saved: an optimizer step with finite gradients
+        can still leave them non-finite (a huge learning rate or weight decay), and no later check would see it."""
+        named = [(f"{prefix}.{name}" if prefix else name, tensor) for prefix, module in modules.items()
+                 for name, tensor in (*module.named_parameters(), *module.named_buffers()) if tensor.is_floating_point()]
+        if not named:
+            return
+        finite = torch.stack([torch.isfinite(tensor.detach()).all().to(named[0][1].device) for _, tensor in named])
+        if bool(finite.all()):
+            return
+        bad = [name for (name, _), ok in zip(named, finite.tolist()) if not ok]
+        raise NonFiniteError(
+            f"the weights {', '.join(bad[:3])}{f' (and {len(bad) - 3} more)' if len(bad) > 3 else ''} hold NaN or inf "
+            f"after step {step}: they were not saved. The optimizer step made them so with finite gradients: lower the "
+            "learning rate or the weight decay, then resume from the last checkpoint (--resume_from_checkpoint latest)."
+        )
 
     def raise_if_tripped(self) -> None:
         """Read the flag (one sync) and raise `NonFiniteError` with what, where and what to do."""

@@ -354,9 +354,8 @@ class RRDTrainer(HubMixin, Trainer):
             self._loss_terms.clear()
         if self.stage is not None:  # init-stage logs are kept apart from the main stage's
             logs = self._stage_log(logs)
-            if logs is None:
-                return
-        super().log(logs, start_time)
+        if logs is not None:
+            super().log(logs, start_time)
 
     def _stage_log(self, logs: dict) -> dict | None:
         stage = self.stage
@@ -469,8 +468,9 @@ class RRDTrainer(HubMixin, Trainer):
     # ----------------------------------------------------------------------------------------------- checkpoints
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
-        if self.args.check_finite:
-            self.guard.raise_if_tripped()  # never save what a non-finite step produced
+        if self.args.check_finite:  # never save what a non-finite step produced
+            self.guard.raise_if_tripped()
+            self.guard.check_weights({"": self.model, **dict(self.methods.items())}, self.state.global_step)
         return super().save_model(output_dir, _internal_call)
 
     def _save_checkpoint(self, model, trial):

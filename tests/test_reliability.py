@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from transformers import TrainerCallback
 
 from helpers import StopAt, TinyImageDataset, tiny_model
 from rrd_hf import RRDConfig, RRDTrainer
@@ -233,6 +234,43 @@ def test_the_finiteness_check_can_be_switched_off(tmp_path):
                      train_sampling_strategy="sequential")
     RRDTrainer(model=tiny_model(seed=1), teacher_model=tiny_model(width=16, seed=2), args=args,
                train_dataset=_Poisoned(float("nan"))).train()
+
+
+class _SpoilWeights(TrainerCallback):
+    """What an optimizer step with finite gradients can do (a huge learning rate): non-finite weights."""
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        with torch.no_grad():
+            next(model.parameters()).fill_(float("inf"))
+
+
+@pytest.mark.parametrize("save_strategy", ["steps", "no"])
+def test_weights_made_non_finite_by_the_last_step_are_never_saved(tmp_path, save_strategy):
+    args = RRDConfig(output_dir=str(tmp_path / "run"), max_steps=1, per_device_train_batch_size=8, memory_size=16,
+                     save_strategy=save_strategy, save_steps=1, use_cpu=True, report_to="none", disable_tqdm=True)
+    trainer = RRDTrainer(model=tiny_model(seed=1), teacher_model=tiny_model(width=16, seed=2), args=args,
+                         train_dataset=TinyImageDataset(16, with_index=True), callbacks=[_SpoilWeights()])
+    with pytest.raises(NonFiniteError, match="the weights .* hold NaN or inf after step 1: they were not saved"):
+        trainer.train()
+        trainer.save_model()
+    assert not list((tmp_path / "run").rglob("model.safetensors"))
+
+
+@pytest.mark.parametrize("field,value", [("learning_rate", float("inf")), ("weight_decay", float("nan")),
+                                         ("ce_weight", float("nan")), ("kd_weight", float("inf")),
+                                         ("teacher_image_mean", [0.5, float("nan"), 0.5])])
+def test_non_finite_numbers_in_the_config_are_refused(tmp_path, field, value):
+    with pytest.raises(ValueError, match=f"^{field} must be a finite number, got"):
+        RRDConfig(output_dir=str(tmp_path), **{field: value})
+
+
+def test_the_command_line_refuses_a_nan_learning_rate_in_one_line(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "rrd_hf.cli", "train", "--student", "resnet8", "--dataset", "cifar10",
+                             "--output_dir", str(tmp_path), "--learning_rate", "nan"],
+                            env=ENV, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    assert "rrd-hf train: error: learning_rate must be a finite number, got nan." in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 # ------------------------------------------------------------------------------------------------ finished folders

@@ -24,3 +24,15 @@ def shared_data():
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real datasets not found at {SHARED_DATA} (only present in the project's workspace)")
     return SHARED_DATA
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for the test: tiny tensors gain nothing from more (xdist workers share the cores), and
+    bitwise comparisons between runs need the same thread count on both sides."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

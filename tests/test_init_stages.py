@@ -35,12 +35,7 @@ from rrd_hf.models import build_model
 LEARNING_RATE, WEIGHT_DECAY, BATCH, SAMPLES, INIT_EPOCHS = 0.05, 5e-4, 8, 16, 2
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------------------------------------ the reference

@@ -13,12 +13,7 @@ from rrd_hf import RRDConfig, RRDTrainer
 from rrd_hf.models import build_model
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def run(tmp_path, objective, stop_at=None, resume=None):

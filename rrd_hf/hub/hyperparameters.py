@@ -9,8 +9,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from ..config import LossTerm
 from .facts import NOT_RECORDED, fmt
-from .objective import Term, objective_rows
+from .objective import objective_rows
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,7 @@ def training_length(args: Mapping, progress: Progress) -> tuple[str, str]:
 
 
 def hyperparameter_rows(args: Mapping | None, world_size: int | None,
-                        objective: tuple[float | None, list[Term]] | None,
+                        objective: tuple[float | None, list[LossTerm]] | None,
                         progress: Progress = Progress()) -> list[tuple[str, str]]:
     """(name, value) rows of every setting that changes the result; empty when the arguments were not recorded."""
     if not args:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 
+from ..config import LossTerm, resolve_loss_terms
 from .facts import fmt
 
 #: Display names that are not simply the method's name in capitals.
@@ -32,46 +32,34 @@ _KD_SETTINGS = (("temperature", "KD temperature T"),)
 _OPTIONAL = {"rrd_preset"}  # shown only when set
 
 
-@dataclass(frozen=True)
-class Term:
-    """One weighted distillation term (the fields of the trainer's loss terms: name, method, weight, kwargs)."""
-
-    name: str
-    method: str
-    weight: float
-    kwargs: dict = field(default_factory=dict)
-
-
-def resolve_objective(args: Mapping) -> tuple[float | None, list[Term]]:
+def resolve_objective(args: Mapping) -> tuple[float | None, list[LossTerm]]:
     """(ce_weight, terms) from saved training arguments, as the trainer resolves them (`rrd_hf.config.
     resolve_loss_terms`: `distill_terms`, or the shorthand fields of newer and older runs). Terms of weight 0 were
     switched off and are not listed."""
-    from ..config import resolve_loss_terms
-
     ce_weight, terms = resolve_loss_terms(args)
     resolved = []
     for term in terms:
         kwargs = dict(term.kwargs)
         if term.method == "rrd" and args.get("rrd_preset"):
             kwargs["rrd_preset"] = args["rrd_preset"]  # shown beside the temperatures it set
-        resolved.append(Term(term.name, term.method, term.weight, kwargs))
+        resolved.append(LossTerm(term.name, term.method, term.weight, kwargs))
     return ce_weight, resolved
 
 
-def recorded_terms(run: Mapping) -> tuple[float | None, list[Term]] | None:
+def recorded_terms(run: Mapping) -> tuple[float | None, list[LossTerm]] | None:
     """The terms a run recorded in `_rrd_run.json` (`loss_terms`, `ce_weight`), if it did."""
     terms = run.get("loss_terms")
     if terms is None:
         return None
-    return run.get("ce_weight"), [Term(t["name"], t["method"], float(t["weight"]), dict(t.get("kwargs") or {}))
+    return run.get("ce_weight"), [LossTerm(t["name"], t["method"], float(t["weight"]), dict(t.get("kwargs") or {}))
                                   for t in terms]
 
 
-def display(term: Term) -> str:
+def display(term: LossTerm) -> str:
     return METHOD_NAMES.get(term.method, term.method.upper())
 
 
-def active(terms: list[Term]) -> list[Term]:
+def active(terms: list[LossTerm]) -> list[LossTerm]:
     """The terms that were minimised (weight > 0), named as the field does: RRD first, KD last (RRD+KD, CRD+KD)."""
     used = [t for t in terms if t.weight > 0]
     return sorted(used, key=lambda t: 0 if t.method == "rrd" else 2 if t.method == "kd" else 1)
@@ -81,7 +69,7 @@ def slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
-def describe_objective(objective: tuple[float | None, list[Term]] | None, teacher: dict | None,
+def describe_objective(objective: tuple[float | None, list[LossTerm]] | None, teacher: dict | None,
                        override: str | None = None) -> tuple[str, str | None, list[str]]:
     """(display name, tag slug, names of the active terms); slug None when nothing was distilled."""
     if override:
@@ -95,13 +83,13 @@ def describe_objective(objective: tuple[float | None, list[Term]] | None, teache
     return name, slug(name), names
 
 
-def loss_formula(objective: tuple[float | None, list[Term]]) -> str:
+def loss_formula(objective: tuple[float | None, list[LossTerm]]) -> str:
     """`1 · CE + 1 · KD + 1 · RRD`: every term of the objective with its weight."""
     ce_weight, terms = objective
     return " + ".join([f"{fmt(ce_weight)} · CE", *(f"{fmt(t.weight)} · {display(t)}" for t in terms)])
 
 
-def objective_rows(objective: tuple[float | None, list[Term]], args: Mapping) -> list[tuple[str, str]]:
+def objective_rows(objective: tuple[float | None, list[LossTerm]], args: Mapping) -> list[tuple[str, str]]:
     """Card rows of the loss and of each active term's settings (only the terms that were minimised)."""
     used = active(objective[1])
     if not used:

@@ -325,10 +325,15 @@ def test_launch_configs_default_to_fp32_and_pin_one_gpu():
 
 
 @pytest.mark.parametrize("name", ["single_gpu", "single_gpu_bf16"])
-def test_single_gpu_launch_exposes_one_device(name):
-    """What `accelerate launch --config_file ...` puts in the environment of the training process."""
+def test_single_gpu_launch_exposes_one_device(name, monkeypatch):
+    """What `accelerate launch --config_file ...` puts in the environment of the training process on a CUDA host."""
+    import torch
     from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils import launch
     from accelerate.utils.launch import prepare_simple_launcher_cmd_env
+
+    if hasattr(launch, "get_torch_accelerator_backend"):  # accelerate >= 1.16 sets the variable of the host's backend
+        monkeypatch.setattr(launch, "get_torch_accelerator_backend", lambda check_available=True: ("cuda", torch.cuda))
 
     argv = ["--config_file", str(RECIPES / "accelerate" / f"{name}.yaml"), "-m", "rrd_hf.train", "recipe.yaml"]
     args = _validate_launch_command(launch_command_parser().parse_args(argv))[0]

@@ -208,7 +208,8 @@ def load_method_state(methods: nn.Module, folder: str, device, objective: str) -
     try:
         methods.load_state_dict(state)
     except RuntimeError as error:
-        raise RuntimeError(
+        raise ValueError(
             f"{path} does not match this run's objective ({objective}; options, embedding sizes, memory sizes or the "
-            f"feature sizes changed): {error}"
+            f"feature sizes changed): {str(error).rstrip('.')}. Resume with the settings the checkpoint was written with, or start a "
+            "new run in another output_dir."
         ) from error

@@ -291,12 +291,12 @@ class RRDConfig(TrainingArguments):
 
     def __post_init__(self):
         self._coerce_floats()
-        self._check_finite_numbers()
         self._apply_preset()
         if isinstance(self.distill_kwargs, str):
             self.distill_kwargs = _json_value(self.distill_kwargs, "distill_kwargs")
         if isinstance(self.distill_terms, str):
             self.distill_terms = _json_value(self.distill_terms, "distill_terms")
+        self._check_finite_numbers()
         self._validate_objective()
         self._validate_schedule_and_inputs()
         super().__post_init__()
@@ -317,11 +317,17 @@ class RRDConfig(TrainingArguments):
     def _check_finite_numbers(self) -> None:
         # A NaN or infinite learning rate, weight decay or loss weight trains with finite gradients and leaves
         # non-finite weights after the step: refuse it before anything runs.
+        def finite(value) -> bool:  # through the lists and dicts of distill_terms / distill_kwargs too
+            if isinstance(value, float):
+                return math.isfinite(value)
+            if isinstance(value, Mapping):
+                return all(finite(v) for v in value.values())
+            return all(finite(v) for v in value) if isinstance(value, (list, tuple)) else True
+
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            values = value if isinstance(value, (list, tuple)) else [value]
-            if any(isinstance(v, float) and not math.isfinite(v) for v in values):
-                raise ValueError(f"{f.name} must be a finite number, got {value!r}.")
+            if not finite(value):
+                raise ValueError(f"{f.name} must hold finite numbers only, got {value!r}.")
 
     def _apply_preset(self) -> None:
         if self.rrd_preset not in RRD_PRESETS:

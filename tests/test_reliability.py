@@ -258,10 +258,13 @@ def test_weights_made_non_finite_by_the_last_step_are_never_saved(tmp_path, save
 
 @pytest.mark.parametrize("field,value", [("learning_rate", float("inf")), ("weight_decay", float("nan")),
                                          ("ce_weight", float("nan")), ("kd_weight", float("inf")),
-                                         ("teacher_image_mean", [0.5, float("nan"), 0.5])])
+                                         ("teacher_image_mean", [0.5, float("nan"), 0.5]),
+                                         ("distill_terms", [{"method": "kd", "kwargs": {"temperature": float("nan")}}]),
+                                         ("distill_kwargs", '{"temperature": Infinity}')])
 def test_non_finite_numbers_in_the_config_are_refused(tmp_path, field, value):
-    with pytest.raises(ValueError, match=f"^{field} must be a finite number, got"):
-        RRDConfig(output_dir=str(tmp_path), **{field: value})
+    extra = {"distill_method": "kd"} if field == "distill_kwargs" else {}
+    with pytest.raises(ValueError, match=f"^{field} must hold finite numbers only, got"):
+        RRDConfig(output_dir=str(tmp_path), **{field: value}, **extra)
 
 
 def test_the_command_line_refuses_a_nan_learning_rate_in_one_line(tmp_path):
@@ -269,8 +272,20 @@ def test_the_command_line_refuses_a_nan_learning_rate_in_one_line(tmp_path):
                              "--output_dir", str(tmp_path), "--learning_rate", "nan"],
                             env=ENV, capture_output=True, text=True, timeout=300)
     assert result.returncode == 1
-    assert "rrd-hf train: error: learning_rate must be a finite number, got nan." in result.stderr
+    assert "rrd-hf train: error: learning_rate must hold finite numbers only, got nan." in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_resuming_with_another_objective_is_refused_with_what_changed(tmp_path):
+    def make(**extra):
+        args = RRDConfig(output_dir=str(tmp_path / "run"), max_steps=2, per_device_train_batch_size=8, save_steps=1,
+                         use_cpu=True, report_to="none", disable_tqdm=True, **{"memory_size": 16, **extra})
+        return RRDTrainer(model=tiny_model(seed=1), teacher_model=tiny_model(width=16, seed=2), args=args,
+                          train_dataset=TinyImageDataset(16, with_index=True))
+
+    make().train()
+    with pytest.raises(ValueError, match="(?s)does not match this run's objective .*rrd.memory.keys.* Resume with the settings"):
+        make(memory_size=32).train(resume_from_checkpoint="latest")
 
 
 # ------------------------------------------------------------------------------------------------ finished folders

@@ -103,9 +103,11 @@ def check_output_dir(settings: DemoSettings) -> None:
     """Refuse, before any work, to write over the models of an earlier demo (each of them is a finished run)."""
     from .checkpoints import finished_outputs
 
-    folders = ["teacher", *(run_folder(run) for run in STUDENT_RUNS)]
-    found = [f"{folder}/ ({', '.join(finished_outputs(os.path.join(settings.output_dir, folder)))})"
-             for folder in folders if finished_outputs(os.path.join(settings.output_dir, folder))]
+    found = []
+    for folder in ["teacher", *(run_folder(run) for run in STUDENT_RUNS)]:
+        outputs = finished_outputs(os.path.join(settings.output_dir, folder))
+        if outputs:
+            found.append(f"{folder}/ ({', '.join(outputs)})")
     if os.path.exists(os.path.join(settings.output_dir, DEMO_RESULTS)):
         found.append(DEMO_RESULTS)
     if found and not settings.overwrite:

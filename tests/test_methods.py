@@ -33,13 +33,7 @@ from rrd_hf.methods.logit import (
 from rrd_hf.methods.relation import cc_loss, pkt_loss, rkd_loss, sp_loss
 from rrd_hf.methods.vid import vid_initial_log_scale, vid_loss
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread_per_worker():
-    """The tensors here are tiny: extra intra-op threads only oversubscribe the cores that xdist workers share."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: more threads only oversubscribe xdist's cores
 
 
 ALL_NAMES = ["rrd", "kd", "dkd", "kd_ls", "dkd_ls", "fitnet", "at", "sp", "cc", "vid", "rkd", "pkt", "ab", "ft", "fsp", "nst", "crd"]

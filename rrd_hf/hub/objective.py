@@ -7,6 +7,7 @@ function.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Mapping
@@ -42,7 +43,7 @@ def resolve_objective(args: Mapping) -> tuple[float | None, list[LossTerm]]:
         kwargs = dict(term.kwargs)
         if term.method == "rrd" and args.get("rrd_preset"):
             kwargs["rrd_preset"] = args["rrd_preset"]  # shown beside the temperatures it set
-        resolved.append(LossTerm(term.name, term.method, term.weight, kwargs))
+        resolved.append(dataclasses.replace(term, kwargs=kwargs))
     return ce_weight, resolved
 
 

@@ -224,6 +224,7 @@ def main(argv=None) -> list[dict]:
                   f"{', '.join(format(n, ',') for n in args.dataset_sizes)}: "
                   f"{'grows with the dataset' if grows else 'independent of the dataset'}")
     if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"device": where, "teacher": args.teacher, "student": args.student,
                                                "reference": {str(b): t * 1e3 for b, t in reference.items()},
                                                "rows": rows}, indent=2))

@@ -143,6 +143,7 @@ def main(argv=None) -> dict:
     summary = {"data": origin, "images": n, "batch_size": args.batch_size, "rows": results,
                "ratio_fast_dataloader_vs_per_sample": ratio_loader, "ratio_fast_indexing_vs_per_sample": ratio_direct}
     if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(summary, indent=2))
     return summary
 

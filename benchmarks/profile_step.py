@@ -312,6 +312,7 @@ def main(argv=None) -> dict:
                 print(f"\n== {side}: torch.profiler, top operators over the timed steps")
                 print(timer.profiler.key_averages().table(sort_by=sort, row_limit=20))
     if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"pair": args.pair, "method": args.method, "device": where,
                                                "steps": args.steps, "ms_per_step": results}, indent=2))
     return results

@@ -426,6 +426,9 @@ CSV_FIRST = ("pair", "method", "side", "runs", "wall_s", "cpu_s", "steady_images
 
 
 def write_outputs(args, runs: list[Run], rows: list[dict], meta: dict) -> None:
+    for path in (args.json, args.csv):
+        if path:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
     if args.json:
         Path(args.json).write_text(json.dumps({**meta, "runs": [r.row() for r in runs], "summary": rows}, indent=2))
     if args.csv:

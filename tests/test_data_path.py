@@ -101,3 +101,19 @@ def test_real_cifar10_command_line_paths_agree(shared_data):
                        "max_eval_samples": 16}, seed=0, positions=range(0, 300, 7), epochs=(1,))
 
 
+
+
+def test_in_memory_splits_tell_the_model_card_which_split_and_how_much_of_it(tmp_path):
+    from rrd_hf.hub.record import evaluation_facts
+
+    root = tmp_path / "cifar10" / "plain_text"  # the Hub repo's layout: parquet files named by split
+    root.mkdir(parents=True)
+    cifar10_split(30).to_parquet(str(root / "train-00000-of-00001.parquet"))
+    cifar10_split(10, 1).to_parquet(str(root / "test-00000-of-00001.parquet"))
+    train, evaluation = _load_splits(DataArguments(dataset=str(root.parent), max_eval_samples=4), 0)[:2]
+    assert isinstance(evaluation, InMemoryImageDataset)
+    assert evaluation_facts(evaluation) == {"eval_num_samples": 4, "eval_split": "test", "eval_split_size": 10}
+    assert (train.split, train.split_size) == ("train", 30)
+    # built by hand from tensors: nothing is claimed
+    bare = InMemoryImageDataset(evaluation.images, evaluation.labels)
+    assert evaluation_facts(bare) == {"eval_num_samples": 4, "eval_split": None, "eval_split_size": None}

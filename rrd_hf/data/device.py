@@ -98,7 +98,9 @@ def decode_to_uint8(
     raw = dataset.select_columns(columns).cast_column(image_column, datasets.Image(decode=False)).with_format(None)
     n = len(raw)
     chunks = _DecodeChunks(raw, chunk_size, image_size, source, image_column, label_column, index_column)
-    loader = torch.utils.data.DataLoader(chunks, batch_size=None, shuffle=False, num_workers=num_workers)
+    # A worker process costs ~30 ms to start: no more workers than chunks, and none for a single chunk.
+    workers = min(num_workers, len(chunks)) if len(chunks) > 1 else 0
+    loader = torch.utils.data.DataLoader(chunks, batch_size=None, shuffle=False, num_workers=workers)
     images = None
     labels = torch.empty(n, dtype=torch.int64)
     index = torch.empty(n, dtype=torch.int64)
@@ -135,7 +137,8 @@ class InMemoryImageDataset(torch.utils.data.Dataset):
 
     ``__getitems__`` gathers a whole batch with one indexing op. ``stats`` records the mean/std its batches are
     to be normalised with (``DeviceAugmentation(dataset.stats, ...)``); :func:`dataset_stats` reads it. Build it
-    with :meth:`from_dataset` or :func:`load_in_memory`.
+    with :meth:`from_dataset` or :func:`load_in_memory`, which also record ``split`` and ``split_size`` (what a
+    model card says was evaluated).
     """
 
     def __init__(
@@ -146,6 +149,8 @@ class InMemoryImageDataset(torch.utils.data.Dataset):
         *,
         class_names: Sequence[str] | None = None,
         stats: StatsLike | None = None,
+        split: str | None = None,
+        split_size: int | None = None,
     ):
         if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
             raise DataError(f"images must be a uint8 (N, 3, H, W) tensor, got {images.dtype} {tuple(images.shape)}.")
@@ -156,6 +161,8 @@ class InMemoryImageDataset(torch.utils.data.Dataset):
         self.images, self.labels, self.index = images, labels, index
         self.class_names = list(class_names) if class_names is not None else None
         self.stats = resolve_stats(stats) if stats is not None else None
+        # The split these images came from and that split's full size, for the model card (None when unknown).
+        self.split, self.split_size = (str(split) if split else None), split_size
         self._served_labels, self._served_index = self._serving_copies()
 
     def _serving_copies(self):
@@ -206,7 +213,10 @@ class InMemoryImageDataset(torch.utils.data.Dataset):
                      "image_size": image_size},
                     cache_file,
                 )
-        out = cls(images, labels, index, class_names=class_names, stats=stats)
+        split = getattr(dataset, "split", None)
+        splits = getattr(getattr(dataset, "info", None), "splits", None) or {}
+        split_size = getattr(splits.get(str(split)), "num_examples", None) if split else None
+        out = cls(images, labels, index, class_names=class_names, stats=stats, split=split, split_size=split_size or None)
         return out.to(device) if device is not None else out
 
     def to(self, device) -> "InMemoryImageDataset":

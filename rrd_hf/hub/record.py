@@ -123,6 +123,7 @@ def evaluation_facts(dataset) -> dict:
     split = str(split) if split else None
     splits = getattr(getattr(dataset, "info", None), "splits", None) or {}
     size = getattr(splits.get(split), "num_examples", None) if split else None
+    size = size or getattr(dataset, "split_size", None)  # rrd_hf's in-memory datasets record it themselves
     return {"eval_num_samples": num_samples, "eval_split": split, "eval_split_size": size or None}
 
 

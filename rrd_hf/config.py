@@ -191,6 +191,10 @@ class RRDConfig(TrainingArguments):
             convolutions; the same values up to float rounding; the saved weights are ordinary tensors).
         check_finite (`bool`, defaults to True): stop the run when a loss term, a gradient or a BatchNorm statistic
             becomes NaN or infinite, before the optimizer step uses it.
+        keep_host_memory (`bool`, defaults to True): when training starts, fix glibc malloc's mmap and trim thresholds
+            for the process (`rrd_hf.host_memory`), so that every step reuses the host memory freed by the step
+            before instead of faulting in fresh pages: up to ~20 % of a small model's CPU step. Freed memory then
+            stays with the process. No effect without glibc.
     """
 
     _VALID_DICT_FIELDS = TrainingArguments._VALID_DICT_FIELDS + ["distill_kwargs"]
@@ -276,6 +280,10 @@ class RRDConfig(TrainingArguments):
     )
     check_finite: bool = field(
         default=True, metadata={"help": "Stop when a loss term, gradient or BatchNorm statistic is NaN or infinite."}
+    )
+    keep_host_memory: bool = field(
+        default=True, metadata={"help": "Fix glibc malloc's thresholds for this process so that each step reuses the "
+                                        "host memory of the last instead of faulting in fresh pages (Linux)."}
     )
     # Changed TrainingArguments defaults: the trainer computes its losses itself and needs the raw columns; NaN and
     # inf losses stop the run (check_finite) instead of being hidden from the log, at no per-step sync.

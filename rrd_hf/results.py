@@ -47,6 +47,7 @@ NOT_CONFIGURATION = frozenset({
     "trackio_space_id", "trackio_bucket_id", "trackio_static_space_id",
     "seed", "data_seed", "resume_from_checkpoint", "ignore_data_skip", "restore_callback_states_from_checkpoint",
     "check_finite",  # it stops a run that would go wrong; it does not change one that finishes
+    "keep_host_memory",  # where freed host memory goes, not what is computed
     "do_train", "do_eval", "do_predict", "local_rank", "use_cpu", "torch_empty_cache_steps",
     "per_device_eval_batch_size", "eval_accumulation_steps", "eval_do_concat_batches", "eval_use_gather_object",
     "batch_eval_metrics", "include_for_metrics",

@@ -29,6 +29,7 @@ from .data import dataset_stats, set_epoch
 from .features import ActivationReader
 from .guard import FiniteGuard
 from .hub import HubMixin
+from .host_memory import keep_freed_host_memory
 from .methods import MethodContext, method_class
 from .metrics import compute_classification_metrics
 from .objective import build_objective, data_parallel
@@ -371,6 +372,8 @@ class RRDTrainer(HubMixin, Trainer):
     # ----------------------------------------------------------------------------------------------- training
 
     def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
+        if self.args.keep_host_memory:
+            keep_freed_host_memory()
         resume = resolve_resume(resume_from_checkpoint, self.args.output_dir)
         if resume is None:
             if self.is_world_process_zero():

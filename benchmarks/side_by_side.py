@@ -15,8 +15,9 @@ Runs alternate (plain, rrd_hf, plain, rrd_hf, ...) in subprocesses, each a fresh
 builds the models and trains one epoch on the first N training images (no evaluation unless `--eval`, no
 checkpoints). Per run it prints the wall seconds and CPU seconds (the process and its loader workers, from
 `getrusage(RUSAGE_CHILDREN)`), the training time from the first to the last optimizer step, and the steady-state
-images/s between optimizer step `--warmup-steps` and the last (timed by torch's global optimizer-step hook, the
-same clock on both sides; on CUDA the clock synchronises at those two steps only). Then the median ratio
+images/s and the main process's page faults per step between optimizer step `--warmup-steps` and the last
+(timed by torch's global optimizer-step hook, the same clock on both sides; on CUDA the clock synchronises at
+those two steps only). Then the median ratio
 rrd_hf / plain per method and pair, the adjacent runs of one repeat paired.
 
     python benchmarks/side_by_side.py --quick            # smoke test on generated images, about a minute
@@ -89,6 +90,7 @@ class StepClock:
         self.warmup, self.last, self.cuda = warmup, last, cuda
         self.steps = 0
         self.first = self.start = self.end = None
+        self.faults_start = self.faults_end = None  # the main process's minor page faults at `warmup` and `last`
 
     def _now(self) -> float:
         if self.cuda:
@@ -103,8 +105,10 @@ class StepClock:
             self.first = self._now()
         if self.steps == self.warmup:
             self.start = self._now()
+            self.faults_start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         if self.steps == self.last:
             self.end = self._now()
+            self.faults_end = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
     def install(self) -> "StepClock":
         from torch.optim.optimizer import register_optimizer_step_post_hook
@@ -140,6 +144,8 @@ def _child_report(spec: dict, clock: StepClock, started: float, cuda: bool) -> d
     }
     if clock.start is not None and clock.end is not None and clock.end > clock.start:
         report["steady_images_per_s"] = (clock.last - clock.warmup) * batch / (clock.end - clock.start)
+        # Fresh host pages the main process faulted in per steady step: a step that reuses its memory takes ~none.
+        report["page_faults_per_step"] = (clock.faults_end - clock.faults_start) / (clock.last - clock.warmup)
     if cuda:
         report["peak_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
         report["peak_memory_kind"] = "cuda max_memory_allocated"
@@ -274,7 +280,7 @@ class Run:
     child: dict = field(default_factory=dict)
 
     def row(self) -> dict:
-        keep = ("train_s", "setup_s", "steady_images_per_s", "peak_memory_mb", "best_top1", "last_top1", "last_top5",
+        keep = ("train_s", "setup_s", "steady_images_per_s", "page_faults_per_step", "peak_memory_mb", "best_top1", "last_top1", "last_top5",
                 "device", "torch", "transformers", "steps")
         return {**{k: v for k, v in asdict(self).items() if k != "child"}, **{k: self.child.get(k) for k in keep}}
 
@@ -372,7 +378,7 @@ def summarise(runs: list[Run], sides: list[str], reference: str | None) -> list[
                    "cpu_s": statistics.median(r.cpu_s for r in mine.values())}
             rates = [r.child.get("steady_images_per_s") for r in mine.values() if r.child.get("steady_images_per_s")]
             row["steady_images_per_s"] = statistics.median(rates) if rates else None
-            for key in ("last_top1", "last_top5", "best_top1", "peak_memory_mb"):
+            for key in ("last_top1", "last_top5", "best_top1", "peak_memory_mb", "page_faults_per_step"):
                 values = [r.child[key] for r in mine.values() if r.child.get(key) is not None]
                 row[key] = statistics.median(values) if values else None
             for other, prefix in ((PLAIN, "vs_plain"), (reference, f"vs_{reference}")):
@@ -402,7 +408,8 @@ def summarise(runs: list[Run], sides: list[str], reference: str | None) -> list[
 def print_summary(rows: list[dict], reference: str | None) -> None:
     accuracy = any(row.get("last_top1") is not None for row in rows)
     columns = [("runs", "runs", "d", 4), ("wall s", "wall_s", ".1f", 7), ("CPU s", "cpu_s", ".1f", 7),
-               ("img/s", "steady_images_per_s", ".0f", 8), ("peak MB", "peak_memory_mb", ".0f", 8),
+               ("img/s", "steady_images_per_s", ".0f", 8), ("faults/step", "page_faults_per_step", ".0f", 11),
+               ("peak MB", "peak_memory_mb", ".0f", 8),
                ("x plain wall", "vs_plain_wall", ".3f", 12), ("x plain CPU", "vs_plain_cpu", ".3f", 11),
                ("x plain step", "vs_plain_step_time", ".3f", 12),
                ("x plain wall*", "vs_plain_wall_without_zoo_import", ".3f", 13)]
@@ -602,7 +609,8 @@ def main(argv=None) -> list[dict]:
                     c = run.child
                     print(f"{pair:<22} {method:<7} {side:<11} #{repeat}  wall {wall:7.1f} s  CPU {cpu:7.1f} s  "
                           f"setup {_fmt(c.get('setup_s')):>5} s  train {_fmt(c.get('train_s')):>6} s  "
-                          f"steady {_fmt(c.get('steady_images_per_s'), '.0f'):>6} img/s"
+                          f"steady {_fmt(c.get('steady_images_per_s'), '.0f'):>6} img/s  "
+                          f"faults/step {_fmt(c.get('page_faults_per_step'), '.0f'):>6}"
                           + (f"  top-1 {_fmt(c.get('last_top1'))}" if c.get("last_top1") is not None else "")
                           + ("" if run.ok else f"  FAILED (log: {log})"), flush=True)
                     if not run.ok:

@@ -3,9 +3,10 @@
 glibc's malloc serves a block above its mmap threshold with fresh pages from the OS and returns them on free, and it
 moves that threshold as the program frees large blocks. A CPU training step allocates and frees the same
 activations every step: when they land above the threshold, every step faults on all of their pages again. Which
-side a run lands on depends on its history (on resnet20 -> resnet8, batch 64, a run that had decoded 6,400 images
-took ~10,000 page faults and ~15 ms of kernel time per 60 ms step, one that had decoded 50,000 took none). Fixed
-thresholds (mmap only above 32 MiB, trim only above 1 GiB of free top-of-heap) make every run take the fast side.
+side a run lands on depends on its history. On resnet20 -> resnet8, batch 64: the plain loop of
+benchmarks/plain_loop.py faulted ~19,000 pages per step after decoding 6,400 images and ~20 after decoding 50,000;
+`rrd-hf train`'s KD step faulted 100 to 13,000 from run to run, and was ~16 % slower when it did. Fixed thresholds
+(mmap only above 32 MiB, trim only above 1 GiB of free top-of-heap) make every run take the fast side.
 The cost: up to the run's peak of freed memory stays with the process instead of going back to the OS.
 """
 

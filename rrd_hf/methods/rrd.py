@@ -23,8 +23,8 @@ from .base import DistillationMethod, MethodContext, float32_math
 from .memory import MEMORY_TYPES, build_memory
 from .registry import register_method
 
-__all__ = ["rrd_loss", "relational_log_probs", "similarity_logits", "check_temperature", "RRD", "RRD_PRESETS", "ENQUEUE_ORDERS",
-           "MEMORY_TYPES"]
+__all__ = ["rrd_loss", "relational_log_probs", "similarity_logits", "check_temperature", "RRD", "RRD_PRESETS",
+           "ENQUEUE_ORDERS", "MEMORY_TYPES"]
 
 ENQUEUE_ORDERS = ("after", "before")
 

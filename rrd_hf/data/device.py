@@ -188,7 +188,7 @@ class InMemoryImageDataset(torch.utils.data.Dataset):
         """
         import datasets
 
-        from .loading import infer_dataset_info
+        from .loading import infer_dataset_info, split_facts
 
         if stats is None:
             info = infer_dataset_info(dataset=dataset)
@@ -213,10 +213,8 @@ class InMemoryImageDataset(torch.utils.data.Dataset):
                      "image_size": image_size},
                     cache_file,
                 )
-        split = getattr(dataset, "split", None)
-        splits = getattr(getattr(dataset, "info", None), "splits", None) or {}
-        split_size = getattr(splits.get(str(split)), "num_examples", None) if split else None
-        out = cls(images, labels, index, class_names=class_names, stats=stats, split=split, split_size=split_size or None)
+        split, split_size = split_facts(dataset)
+        out = cls(images, labels, index, class_names=class_names, stats=stats, split=split, split_size=split_size)
         return out.to(device) if device is not None else out
 
     def to(self, device) -> "InMemoryImageDataset":

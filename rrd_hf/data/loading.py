@@ -78,6 +78,18 @@ def _read_tag(dataset) -> tuple[str | None, str | None]:
     return None, None
 
 
+def split_facts(dataset) -> tuple[str | None, int | None]:
+    """The split a dataset was loaded as and that split's full size, None where unknown: ``datasets`` keeps both
+    through ``select`` (so a ``max_eval_samples`` subset still names them); rrd_hf's in-memory datasets record them."""
+    split = getattr(dataset, "split", None)
+    split = str(split) if split else None
+    size = getattr(dataset, "split_size", None)
+    if size is None and split is not None:
+        splits = getattr(getattr(dataset, "info", None), "splits", None) or {}
+        size = getattr(splits.get(split), "num_examples", None)
+    return split, size or None
+
+
 def describe_source(dataset) -> str:
     """A human-readable description of where ``dataset`` came from (used in error messages)."""
     described, _ = _read_tag(dataset)

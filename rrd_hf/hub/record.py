@@ -115,16 +115,14 @@ def read_training_args(folder: str) -> dict | None:
 def evaluation_facts(dataset) -> dict:
     """What an evaluation set says about itself: its number of images, its split name and that split's size as
     loaded (`datasets.Dataset` keeps both through `select`, so a `max_eval_samples` subset is seen as one)."""
+    from ..data.loading import split_facts
+
     try:
         num_samples = len(dataset) if dataset is not None else None
     except TypeError:  # an iterable dataset has no length
         num_samples = None
-    split = getattr(dataset, "split", None)
-    split = str(split) if split else None
-    splits = getattr(getattr(dataset, "info", None), "splits", None) or {}
-    size = getattr(splits.get(split), "num_examples", None) if split else None
-    size = size or getattr(dataset, "split_size", None)  # rrd_hf's in-memory datasets record it themselves
-    return {"eval_num_samples": num_samples, "eval_split": split, "eval_split_size": size or None}
+    split, size = split_facts(dataset)
+    return {"eval_num_samples": num_samples, "eval_split": split, "eval_split_size": size}
 
 
 def loss_terms_record(training_args) -> dict:

@@ -22,7 +22,9 @@ import re
 import sys
 from collections.abc import Callable
 
-__all__ = ["main", "COMMANDS", "DEBUG_ENV"]
+from .garbage_collection import run_command
+
+__all__ = ["main", "entry", "COMMANDS", "DEBUG_ENV"]
 
 DEBUG_ENV = "RRD_HF_DEBUG"
 #: Errors that come from what the user asked for (arguments, files, data, missing extras): one message, no traceback.
@@ -449,5 +451,11 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(1)
 
 
+def entry() -> None:
+    """The `rrd-hf` console script: `main()` without garbage collections over what was imported before it, nor
+    at the end of the process (`rrd_hf.garbage_collection`)."""
+    run_command(main)
+
+
 if __name__ == "__main__":
-    main()
+    entry()

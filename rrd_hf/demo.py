@@ -213,4 +213,6 @@ def main(argv: list[str] | None = None) -> None:
 if __name__ == "__main__":
     import sys
 
-    main(sys.argv[1:])
+    from .garbage_collection import run_command
+
+    run_command(lambda: main(sys.argv[1:]))

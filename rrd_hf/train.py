@@ -17,6 +17,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Literal
 
+from .garbage_collection import run_command
+
 __all__ = ["ModelArguments", "DataArguments", "recipe_parser", "parse_recipe", "run", "main"]
 
 logger = logging.getLogger(__name__)
@@ -291,4 +293,4 @@ def main(argv: list[str] | None = None, *, teacher_only: bool = False) -> dict:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    main()
+    run_command(main)

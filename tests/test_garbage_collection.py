@@ -149,3 +149,16 @@ def test_the_console_script_and_module_entry_points_use_run_command():
 
     main(["--help"])
     assert gc.get_freeze_count() == before
+
+
+def test_the_process_overhead_benchmark_runs_every_case_on_both_sides(tmp_path):
+    """benchmarks/process_overhead.py, once per case and side (the train case on generated images)."""
+    script = REPO / "benchmarks" / "process_overhead.py"
+    result = subprocess.run([sys.executable, str(script), "--repeats", "1", "--data", str(tmp_path / "absent")],
+                            capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = {line.split()[0]: line.split() for line in result.stdout.splitlines()
+            if line.split()[:1] in (["import"], ["exit"], ["train"]) and len(line.split()) == 5}
+    assert set(rows) == {"import", "exit", "train"}, result.stdout
+    for case, (_, with_s, without_s, saved, ratio) in rows.items():
+        assert float(with_s) > 0 and float(without_s) > 0, case

@@ -2,22 +2,23 @@
 
 Importing rrd_hf creates over 400,000 long-lived objects (modules, classes, functions). The collector runs a full
 collection whenever the long-lived objects have grown by a quarter since the last one, so an import of that size
-triggers about eight, each walking every object so far, and none finds anything to free. When the process ends it
-walks them all again, four times. On this project's 2-core CPU:
+triggers eight, each walking every object so far, and none finds anything to free. When the process ends it
+walks them all again, four times. On this project's 2-core CPU (`benchmarks/process_overhead.py`, medians of 5):
 
-* `python -c "import rrd_hf"` took 4.1-4.7 s, and 3.4-3.5 s with the collector paused during the import;
-* between the last statement of a process that had imported rrd_hf and the end of the process: 1.9-2.2 s, and
-  0.26 s after `gc.freeze()`.
+* `import rrd_hf` took 3.70 s, and 3.08 s with the collector paused during the import;
+* from the last statement of a process that had imported rrd_hf to its end: 1.28 s, and 0.18 s after
+  `gc.freeze()`;
+* a whole two-step `python -m rrd_hf.train` process: 5.68 s, and 3.71 s with both.
 
-So the package pauses the collector while it imports its dependencies (`paused`): the same objects exist
-afterwards, and the collector runs as before. The command-line entry points (`run_command`) also freeze what
-exists when they start and when they end. `gc.freeze()` moves every live object to the permanent generation, which
-collections skip: what was imported lives until the process ends anyway, and at the end the operating system
-reclaims the memory. Everything that must happen at exit still happens: the atexit handlers (logging's flush and
-close, `weakref.finalize`, multiprocessing's cleanup of its children) and the flush of the standard streams. What
-does not happen is the `__del__` of an object that only a reference cycle keeps alive; rrd_hf closes its files
-itself and writes nothing from a finaliser. A program that imports rrd_hf gets the paused import only: freezing
-is for processes that rrd_hf's entry points start.
+So the package pauses the collector while it imports its dependencies (`paused`): the same objects exist afterwards,
+and the collector runs as before (its next full collection walks them once). The command-line entry points
+(`run_command`) also freeze what exists when they start and when they end. `gc.freeze()` moves every live object to
+the permanent generation, which collections skip: what was imported lives until the process ends anyway, and at the
+end the operating system reclaims the memory. Everything that must happen at exit still happens: the atexit handlers
+(logging's flush and close, `weakref.finalize`, multiprocessing's cleanup of its children) and the flush of the
+standard streams. What does not happen is the `__del__` of an object that only a reference cycle keeps alive; rrd_hf
+closes its files itself and writes nothing from a finaliser. A program that imports rrd_hf gets the paused import
+only: freezing is for processes that rrd_hf's entry points start.
 """
 
 from __future__ import annotations

@@ -280,7 +280,8 @@ class Run:
     child: dict = field(default_factory=dict)
 
     def row(self) -> dict:
-        keep = ("train_s", "setup_s", "steady_images_per_s", "page_faults_per_step", "peak_memory_mb", "best_top1", "last_top1", "last_top5",
+        keep = ("train_s", "setup_s", "steady_images_per_s", "page_faults_per_step", "peak_memory_mb", "best_top1",
+                "last_top1", "last_top5",
                 "device", "torch", "transformers", "steps")
         return {**{k: v for k, v in asdict(self).items() if k != "child"}, **{k: self.child.get(k) for k in keep}}
 

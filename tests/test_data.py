@@ -511,7 +511,7 @@ def test_device_augmentation_crop_and_flip_semantics_on_a_ramp():
 
 def test_in_memory_dataset_items_batches_and_cache(tmp_path):
     ds = load_image_dataset(make_stl10(10), "train")
-    memory = InMemoryImageDataset.from_dataset(ds, 32, cache_file=tmp_path / "stl.pt")
+    memory = InMemoryImageDataset.from_dataset(ds, 32, cache_file=tmp_path / "stl.safetensors")
     assert memory.images.shape == (10, 3, 32, 32) and memory.images.dtype == torch.uint8
     assert memory.class_names == list(STL10_CLASS_NAMES) and memory.num_classes == 10
     item = memory[3]
@@ -527,9 +527,9 @@ def test_in_memory_dataset_items_batches_and_cache(tmp_path):
     out = DeviceAugmentation("stl10", seed=0)(first["pixel_values"], training=True, index=first["index"])
     assert out.shape == (4, 3, 32, 32) and out.dtype == torch.float32
     # the cache file is reused, and rebuilt for another size
-    again = InMemoryImageDataset.from_dataset(ds, 32, cache_file=tmp_path / "stl.pt")
+    again = InMemoryImageDataset.from_dataset(ds, 32, cache_file=tmp_path / "stl.safetensors")
     assert torch.equal(again.images, memory.images)
-    assert InMemoryImageDataset.from_dataset(ds, 16, cache_file=tmp_path / "stl.pt").images.shape[-1] == 16
+    assert InMemoryImageDataset.from_dataset(ds, 16, cache_file=tmp_path / "stl.safetensors").images.shape[-1] == 16
     check_labels(memory, 10)
     with pytest.raises(LabelOutOfRangeError, match=r"label 5 in row 5, index 5 .* 5 rows are affected"):
         check_labels(memory, 5)

@@ -46,6 +46,19 @@ def cifar10_folder(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def cifar10_hub_folder(tmp_path_factory, cifar10_folder):
+    """The same images in the Hub repo's layout (parquet per split): `datasets` loads them into its cache, where the
+    in-memory path keeps their decoded images for later runs."""
+    import datasets
+
+    root = tmp_path_factory.mktemp("hub") / "cifar10"
+    (root / "plain_text").mkdir(parents=True)
+    for split in ("train", "test"):
+        datasets.load_from_disk(cifar10_folder)[split].to_parquet(str(root / "plain_text" / f"{split}-00000-of-00001.parquet"))
+    return str(root)
+
+
+@pytest.fixture(scope="module")
 def teacher_folder(tmp_path_factory):
     from rrd_hf.data import CIFAR10_CLASS_NAMES
     from rrd_hf.models import build_model
@@ -80,15 +93,23 @@ def assert_bitwise_equal(a: dict, b: dict, what: str):
 
 
 # ------------------------------------------------------------------------------------------------ same seed, same run
-@pytest.mark.parametrize("data_path,workers", [("in_memory", 0), ("per_sample", 2)])
-def test_the_same_recipe_and_seed_give_bitwise_the_same_student(tmp_path, cifar10_folder, teacher_folder, data_path,
-                                                                 workers):
-    path = recipe(tmp_path, cifar10_folder, teacher_folder, data_path=data_path, dataloader_num_workers=workers,
+@pytest.mark.parametrize("data_path,workers,layout", [("in_memory", 0, "saved"), ("per_sample", 2, "saved"),
+                                                      ("in_memory", 2, "hub")])
+def test_the_same_recipe_and_seed_give_bitwise_the_same_student(tmp_path, cifar10_folder, cifar10_hub_folder,
+                                                                 teacher_folder, data_path, workers, layout):
+    """With the Hub layout the first run decodes (in 2 worker processes) and keeps the decoded images in the
+    `datasets` cache; the second reads them back."""
+    data = cifar10_hub_folder if layout == "hub" else cifar10_folder
+    path = recipe(tmp_path, data, teacher_folder, data_path=data_path, dataloader_num_workers=workers,
                   save_strategy="no")
-    for run in ("a", "b"):  # separate processes: nothing is shared but the recipe
+    logs = {}
+    for run in ("a", "b"):  # separate processes: nothing is shared but the recipe (and the datasets cache)
         command = [sys.executable, "-m", "rrd_hf.train", str(path), "--output_dir", str(tmp_path / run)]
         result = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, result.stderr[-3000:]
+        logs[run] = result.stderr
+    if layout == "hub":
+        assert "decoded images read from" not in logs["a"] and "decoded images read from" in logs["b"], logs["b"][-3000:]
     assert_bitwise_equal(weights(tmp_path / "a"), weights(tmp_path / "b"), "two runs with seed 7")
     different_seed = train_main([str(path), "--output_dir", str(tmp_path / "c"), "--seed", "8"])
     assert different_seed["global_step"] == 8

@@ -15,8 +15,8 @@
 
 from __future__ import annotations
 
+import logging
 import os
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -30,7 +30,9 @@ from .augmentation import augmentation_params
 from .registry import StatsLike, resolve_stats
 from .transforms import normalization_table, normalize_with_table
 
-__all__ = ["decode_to_uint8", "InMemoryImageDataset", "DeviceAugmentation", "load_in_memory"]
+__all__ = ["decode_to_uint8", "labels_and_index", "InMemoryImageDataset", "DeviceAugmentation", "load_in_memory"]
+
+logger = logging.getLogger(__name__)
 
 
 class _DecodeChunks(torch.utils.data.Dataset):
@@ -61,6 +63,16 @@ class _DecodeChunks(torch.utils.data.Dataset):
         images = torch.from_numpy(np.stack(arrays)) if arrays else torch.empty(0, 0, 0, 3, dtype=torch.uint8)
         labels = torch.as_tensor(batch[self.label_column], dtype=torch.int64)
         return start, images, labels, torch.as_tensor(rows, dtype=torch.int64)
+
+
+def labels_and_index(dataset, label_column: str = "label", index_column: str = "index"):
+    """int64 ``(N,)`` labels and sample ids (the ``index`` column, else ``0..N-1``) of a dataset, without decoding."""
+    columns = [label_column] + ([index_column] if index_column in dataset.column_names else [])
+    table = dataset.select_columns(columns).with_format("numpy")[:]
+    labels = torch.as_tensor(table[label_column], dtype=torch.int64)
+    index = torch.as_tensor(table[index_column], dtype=torch.int64) if index_column in table else \
+        torch.arange(len(labels), dtype=torch.int64)
+    return labels, index
 
 
 def decode_to_uint8(
@@ -183,36 +195,37 @@ class InMemoryImageDataset(torch.utils.data.Dataset):
     ) -> "InMemoryImageDataset":
         """Decode a normalised ``datasets.Dataset`` (from :func:`load_image_dataset`) once.
 
-        ``cache_file``: a ``.pt`` file to reuse the decoded tensor across runs; it is rebuilt when the dataset
-        fingerprint or ``image_size`` changes. ``stats``: default, those of the known dataset it holds (if any).
+        ``cache_file``: keep the decoded images for later runs (:mod:`rrd_hf.data.decoded_cache`): ``"auto"`` in the
+        dataset's folder of the ``datasets`` cache (nothing where it has none), or a ``.safetensors`` path. The file
+        is read back only for the same data (dataset fingerprint), ``image_size`` and decoding, else rewritten; labels
+        and sample ids always come from ``dataset``. ``stats``: default, those of the known dataset it holds (if any).
         """
         import datasets
 
+        from .decoded_cache import check_replaceable, decoded_cache_path, read_decoded, write_decoded
         from .loading import infer_dataset_info, split_facts
 
         if stats is None:
             info = infer_dataset_info(dataset=dataset)
             stats = info.stats if info is not None else None
 
-        fingerprint = getattr(dataset, "_fingerprint", None)
         feature = dataset.features.get("label")
         class_names = feature.names if isinstance(feature, datasets.ClassLabel) else None
-        cached = None
-        if cache_file is not None and Path(cache_file).is_file():
-            cached = torch.load(cache_file, map_location="cpu", weights_only=True)
-            if cached.get("fingerprint") != fingerprint or cached.get("image_size") != image_size:
-                cached = None
-        if cached is not None:
-            images, labels, index = cached["images"], cached["labels"], cached["index"]
+        if cache_file == "auto":
+            cache_file = decoded_cache_path(dataset, image_size)
+        if len(dataset) == 0:
+            cache_file = None
+        if cache_file is not None:
+            check_replaceable(cache_file)  # before decoding: a file of the user's is never overwritten
+        images = read_decoded(cache_file, dataset, image_size) if cache_file is not None else None
+        if images is not None:
+            labels, index = labels_and_index(dataset)
+            logger.info("%d decoded images read from %s", len(images), cache_file)
         else:
             images, labels, index = decode_to_uint8(dataset, image_size, num_workers=num_workers)
-            if cache_file is not None:
-                Path(cache_file).parent.mkdir(parents=True, exist_ok=True)
-                torch.save(
-                    {"images": images, "labels": labels, "index": index, "fingerprint": fingerprint,
-                     "image_size": image_size},
-                    cache_file,
-                )
+            if cache_file is not None and write_decoded(cache_file, images, dataset, image_size):
+                logger.info("%d decoded images (%.1f MB) kept in %s for later runs", len(images),
+                            images.numel() / 1e6, cache_file)
         split, split_size = split_facts(dataset)
         out = cls(images, labels, index, class_names=class_names, stats=stats, split=split, split_size=split_size)
         return out.to(device) if device is not None else out

@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import logging
 import math
 import os
 import resource
@@ -235,6 +236,26 @@ def rrd_hf_recipe(spec: dict) -> dict:
     return recipe
 
 
+class DecodedFrom(logging.Handler):
+    """Whether rrd_hf's in-memory path decoded the training images or read them from its decoded-image cache (the
+    first log line of `rrd_hf.data.device` about a split is the training split's)."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.train_images_from = None  # "decoding", "cache" or None (another data path)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.train_images_from is None:
+            message = record.getMessage()
+            self.train_images_from = "cache" if "read from" in message else "decoding" if "kept in" in message else None
+
+    def install(self) -> "DecodedFrom":
+        source = logging.getLogger("rrd_hf.data.device")
+        source.setLevel(logging.INFO)
+        source.addHandler(self)
+        return self
+
+
 def rrd_hf_child(spec: dict) -> dict:
     started = time.perf_counter()
     import runpy
@@ -250,8 +271,10 @@ def rrd_hf_child(spec: dict) -> dict:
     recipe_path.write_text(yaml.safe_dump(rrd_hf_recipe(spec), sort_keys=False))
     argv = [str(recipe_path), "--output_dir", spec["output_dir"], *shlex.split(spec.get("flags") or "")]
     sys.argv = ["rrd_hf.train", *argv]
+    decoded = DecodedFrom().install()
     runpy.run_module("rrd_hf.train", run_name="__main__", alter_sys=True)
     report = _child_report(spec, clock, started, cuda)
+    report["train_images_from"] = decoded.train_images_from
     results = Path(spec["output_dir"]) / "results.json"
     if results.is_file():
         values = json.loads(results.read_text())
@@ -281,7 +304,7 @@ class Run:
 
     def row(self) -> dict:
         keep = ("train_s", "setup_s", "steady_images_per_s", "page_faults_per_step", "peak_memory_mb", "best_top1",
-                "last_top1", "last_top5",
+                "last_top1", "last_top5", "train_images_from",
                 "device", "torch", "transformers", "steps")
         return {**{k: v for k, v in asdict(self).items() if k != "child"}, **{k: self.child.get(k) for k in keep}}
 
@@ -613,6 +636,7 @@ def main(argv=None) -> list[dict]:
                           f"steady {_fmt(c.get('steady_images_per_s'), '.0f'):>6} img/s  "
                           f"faults/step {_fmt(c.get('page_faults_per_step'), '.0f'):>6}"
                           + (f"  top-1 {_fmt(c.get('last_top1'))}" if c.get("last_top1") is not None else "")
+                          + (f"  images from {c['train_images_from']}" if c.get("train_images_from") else "")
                           + ("" if run.ok else f"  FAILED (log: {log})"), flush=True)
                     if not run.ok:
                         print(Path(log).read_text()[-3000:], flush=True)

@@ -11,6 +11,9 @@ Side B is `python -m rrd_hf.train` (what `rrd-hf train` runs) on a temporary rec
 weights and optimiser: whatever rrd_hf's default path is, since the recipe names no data path. Extra rrd_hf
 variants (`--variant NAME="--flag value ..."`) run next to it, e.g. the per-sample data path.
 
+rrd_hf's runs say whether they decoded the training images or read them from the decoded-image cache an earlier run
+kept (`decoded_cache`, on by default: the first run on a split decodes).
+
 Runs alternate (plain, rrd_hf, plain, rrd_hf, ...) in subprocesses, each a fresh process that loads the data,
 builds the models and trains one epoch on the first N training images (no evaluation unless `--eval`, no
 checkpoints). Per run it prints the wall seconds and CPU seconds (the process and its loader workers, from

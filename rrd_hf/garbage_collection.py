@@ -5,10 +5,11 @@ collection whenever the long-lived objects have grown by a quarter since the las
 triggers eight, each walking every object so far, and none finds anything to free. When the process ends it
 walks them all again, four times. On this project's 2-core CPU (`benchmarks/process_overhead.py`, medians of 5):
 
-* `import rrd_hf` took 3.70 s, and 3.08 s with the collector paused during the import;
-* from the last statement of a process that had imported rrd_hf to its end: 1.28 s, and 0.18 s after
+* `import rrd_hf` took 3.67 s, and 2.80 s with the collector paused during the import and what it created moved to
+  the oldest generation;
+* from the last statement of a process that had imported rrd_hf to its end: 1.30 s, and 0.20 s after
   `gc.freeze()`;
-* a whole two-step `python -m rrd_hf.train` process: 5.68 s, and 3.71 s with both.
+* a whole two-step `python -m rrd_hf.train` process: 5.68 s, and 3.26 s with all of it.
 
 So the package pauses the collector while it imports its dependencies (`paused`), then moves what the import
 created to the oldest generation without walking it: the same objects exist afterwards, and the collector runs as

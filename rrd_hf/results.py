@@ -57,8 +57,9 @@ NOT_CONFIGURATION = frozenset({
     "teacher_model_name_or_path",  # compared as `teacher`, with local paths resolved
 })
 #: Data arguments that change where or how images are read, not which images a run sees (both data paths give the
-#: same images for a seed).
-_DATA_NOT_CONFIGURATION = frozenset({"dataset", "data_dir", "data_path", "device_augmentation", "in_memory_device"})
+#: same images for a seed; the decoded-image cache holds the decoded pixels bitwise).
+_DATA_NOT_CONFIGURATION = frozenset({"dataset", "data_dir", "data_path", "device_augmentation", "in_memory_device",
+                                     "decoded_cache"})
 #: Fields of a saved `config.json` that say where or how it was saved rather than which network it is.
 _MODEL_CONFIG_NOISE = frozenset({
     "transformers_version", "_name_or_path", "id2label", "label2id", "auto_map", "architectures", "dtype", "torch_dtype",

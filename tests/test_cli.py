@@ -16,7 +16,14 @@ import torch
 from helpers import TinyImageDataset, tiny_model
 from rrd_hf.cli import COMMANDS, DEBUG_ENV
 from rrd_hf.cli import main as cli
-from rrd_hf.results import MixedConfigurationsError, aggregate_results, aggregate_runs, load_run, summarize_log_history
+from rrd_hf.results import (
+    MixedConfigurationsError,
+    aggregate_results,
+    aggregate_runs,
+    group_runs,
+    load_run,
+    summarize_log_history,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -152,6 +159,22 @@ def test_aggregate_refuses_runs_of_different_configurations(tmp_path, capsys):
     stronger_kd = write_cli_run(tmp_path / "kd2", 7, 71.0, 70.0, kd_weight=2.0)
     with pytest.raises(MixedConfigurationsError, match=r"loss.kd.weight: 1.0 in .*; 2.0 in .*kd2"):
         aggregate_runs([*kd, stronger_kd])
+
+
+def test_aggregate_groups_runs_that_differ_only_in_how_images_were_read(tmp_path):
+    """data_path and decoded_cache change how images are read, not which: a run from before decoded_cache existed
+    (no such field) and runs with it on or off are one configuration."""
+    runs = [write_cli_run(tmp_path / f"run{s}", s, 74.0 + s, 73.0 + s) for s in range(3)]
+    for run, extra in zip(runs, ({}, {"decoded_cache": True, "data_path": "in_memory"},
+                                 {"decoded_cache": False, "data_path": "per_sample"})):
+        results = json.loads(Path(run, "results.json").read_text())
+        results["data_args"].update(extra)
+        Path(run, "results.json").write_text(json.dumps(results))
+    assert [len(group.runs) for group in group_runs(load_run(r) for r in runs)] == [3]
+    changed = json.loads(Path(runs[2], "results.json").read_text())
+    changed["data_args"]["max_train_samples"] = 100  # which images: another configuration
+    Path(runs[2], "results.json").write_text(json.dumps(changed))
+    assert [len(group.runs) for group in group_runs(load_run(r) for r in runs)] == [2, 1]
 
 
 def test_aggregate_compares_the_objective_not_its_spelling(tmp_path):

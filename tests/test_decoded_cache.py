@@ -202,3 +202,34 @@ def test_a_folder_that_cannot_be_written_only_costs_the_saving(tmp_path, monkeyp
     target = tmp_path / "out" / "x.safetensors"
     assert write_decoded(target, images, dataset, 32) is False
     assert not target.exists() and os.listdir(target.parent) == []
+
+
+def test_a_write_killed_halfway_leaves_no_cache_file_and_its_leftover_is_cleaned(tmp_path):
+    """A process killed (SIGKILL) while writing: the final name never holds a partial file, the next load decodes, and
+    its write removes the dead process's temporary file (a live process's is left alone)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    root = write_hub_layout(tmp_path / "cifar10")
+    dataset = train_split(root)
+    path = decoded_cache_path(dataset, 32)
+    script = textwrap.dedent(f"""
+        import os, signal, safetensors.torch
+        from rrd_hf.data import resolve_dataset, InMemoryImageDataset
+        def die(tensors, filename, metadata=None):
+            open(filename, "wb").write(b"half of a file")
+            os.kill(os.getpid(), signal.SIGKILL)
+        safetensors.torch.save_file = die
+        InMemoryImageDataset.from_dataset(resolve_dataset({str(root)!r}).train, 32, cache_file="auto")
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == -9, result.stderr[-3000:]
+    leftovers = list(path.parent.glob(f".{path.name}.*.tmp"))
+    assert len(leftovers) == 1 and not path.exists()
+    live = path.parent / f".{path.name}.{os.getpid()}.feed.tmp"  # this process is alive: its file must stay
+    live.write_bytes(b"being written")
+    loaded = InMemoryImageDataset.from_dataset(dataset, 32, cache_file="auto")
+    assert torch.equal(loaded.images, fresh_decode(dataset)[0]) and read_decoded(path, dataset, 32) is not None
+    assert list(path.parent.glob(f".{path.name}.*.tmp")) == [live]

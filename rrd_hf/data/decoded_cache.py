@@ -16,7 +16,8 @@ version, written once and read back by later runs.
   put there by hand) is decoded again and rewritten, with a warning. Labels and sample ids always come from the
   dataset, never from the file.
 * **Writing** goes to a temporary file in the same folder, renamed over the final name: a crash leaves no half file,
-  and several processes writing the same split leave one complete copy. A folder that cannot be written (read-only,
+  and several processes writing the same split leave one complete copy; the temporary file of a process that died
+  while writing is removed by the next write. A folder that cannot be written (read-only,
   full) only costs the saving, with a log line. An explicit `cache_file` that holds anything but such a cache is
   refused before any decoding, never overwritten.
 """
@@ -108,6 +109,18 @@ def check_replaceable(path: str | os.PathLike) -> None:
     )
 
 
+def _remove_orphans(path: Path) -> None:
+    """Temporary files of this cache file left by processes that died while writing (killed, out of memory)."""
+    for orphan in path.parent.glob(f".{path.name}.*.tmp"):
+        try:
+            pid = int(orphan.name[len(path.name) + 2:].split(".", 1)[0])
+            os.kill(pid, 0)  # raises when no such process exists
+        except ProcessLookupError:
+            orphan.unlink(missing_ok=True)
+        except (ValueError, PermissionError):  # not named by write_decoded, or another user's live process
+            continue
+
+
 def write_decoded(path: str | os.PathLike, images: torch.Tensor, dataset, image_size: int | None) -> bool:
     """Write the decoded images atomically; False (with a log line) when the folder cannot take them."""
     from safetensors import SafetensorError
@@ -118,6 +131,7 @@ def write_decoded(path: str | os.PathLike, images: torch.Tensor, dataset, image_
     temporary = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")  # created with the umask's mode
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_orphans(path)
         save_file({"images": images.contiguous()}, temporary, metadata=_key(dataset, image_size))
         os.replace(temporary, path)
     except (OSError, SafetensorError) as error:

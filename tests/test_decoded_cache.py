@@ -106,10 +106,24 @@ def test_changed_files_another_selection_or_size_are_decoded_again(tmp_path, cap
     assert len({decoded_cache_path(changed, 32), decoded_cache_path(subset, 32), decoded_cache_path(changed, 16)}) == 3
 
 
+def test_another_pillow_is_decoded_again(tmp_path, monkeypatch):
+    """Pillow decodes the bytes: another version (another libjpeg, other resampling) may give other pixels."""
+    import PIL
+
+    dataset = train_split(write_hub_layout(tmp_path / "cifar10"))
+    InMemoryImageDataset.from_dataset(dataset, 32, cache_file="auto")
+    written = decoded_cache_path(dataset, 32)
+    assert read_decoded(written, dataset, 32) is not None
+    monkeypatch.setattr(PIL, "__version__", "0.0.1")
+    assert decoded_cache_path(dataset, 32) != written and read_decoded(written, dataset, 32) is None
+
+
 def _crafted(path, dataset, kind):
     good = load_file(str(path))
+    import PIL
+
     metadata = {"format": "rrd_hf.decoded_images", "version": "1", "fingerprint": dataset._fingerprint,
-                "image_size": "32"}
+                "image_size": "32", "decoder": f"Pillow {PIL.__version__}"}
     if kind == "truncated":
         path.write_bytes(path.read_bytes()[:1000])
     elif kind == "not safetensors":

@@ -7,8 +7,8 @@ uint8 images: one safetensors file (tensors only: loading it runs no code) per d
 version, written once and read back by later runs.
 
 * **Key.** The dataset's `_fingerprint` (which `datasets` derives from the data files, with their modification times
-  for local files, and from every select, rename or cast since), the image size and `DECODING_VERSION` (raised
-  whenever decoding changes its output). The file name carries a hash of the key and its metadata the key itself.
+  for local files, and from every select, rename or cast since), the image size, `DECODING_VERSION` (raised
+  whenever decoding changes its output) and Pillow's version (the decoder). The file name carries a hash of the key and its metadata the key itself.
 * **Where.** `auto` writes only inside the `datasets` cache folder (`HF_DATASETS_CACHE`): never into a folder the user
   saved (`save_to_disk`), nor for an in-memory dataset, nor when `datasets.disable_caching()` is in effect.
 * **Trust.** A file is used only when its metadata holds the same key and its one tensor is uint8 `(N, 3, H, W)` with
@@ -43,8 +43,11 @@ PREFIX = "rrd_hf-decoded-"
 
 
 def _key(dataset, image_size: int | None) -> dict[str, str]:
+    import PIL
+
+    # Pillow's version too: another libjpeg/zlib or resampling code may decode the same bytes to other pixels.
     return {"format": FORMAT, "version": str(DECODING_VERSION), "fingerprint": str(dataset._fingerprint),
-            "image_size": str(image_size)}
+            "image_size": str(image_size), "decoder": f"Pillow {PIL.__version__}"}
 
 
 def decoded_cache_path(dataset, image_size: int | None) -> Path | None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import statistics
 import sys
@@ -29,6 +28,8 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from json_output import write_json  # noqa: E402
 
 METHODS = {  # name: RRDConfig fields (K is filled in per point)
     "RRD fifo": lambda k: {"rrd_weight": 1.0, "memory_type": "fifo", "memory_size": k},
@@ -224,10 +225,8 @@ def main(argv=None) -> list[dict]:
                   f"{', '.join(format(n, ',') for n in args.dataset_sizes)}: "
                   f"{'grows with the dataset' if grows else 'independent of the dataset'}")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"device": where, "teacher": args.teacher, "student": args.student,
-                                               "reference": {str(b): t * 1e3 for b, t in reference.items()},
-                                               "rows": rows}, indent=2))
+        write_json(args.json, {"device": where, "teacher": args.teacher, "student": args.student,
+                               "reference": {str(b): t * 1e3 for b, t in reference.items()}, "rows": rows})
     return rows
 
 

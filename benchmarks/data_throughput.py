@@ -15,7 +15,6 @@ Uses real CIFAR-10 from ../shared/data/cifar10 when present, else generated 32x3
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -27,6 +26,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+from json_output import write_json  # noqa: E402
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "cifar10"
 
 
@@ -143,8 +144,7 @@ def main(argv=None) -> dict:
     summary = {"data": origin, "images": n, "batch_size": args.batch_size, "rows": results,
                "ratio_fast_dataloader_vs_per_sample": ratio_loader, "ratio_fast_indexing_vs_per_sample": ratio_direct}
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(summary, indent=2))
+        write_json(args.json, summary)
     return summary
 
 

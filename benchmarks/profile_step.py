@@ -22,7 +22,6 @@ which removes the overlap of host and device work: compare the parts, not the to
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import statistics
@@ -35,6 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import side_by_side as sbs  # noqa: E402
+from json_output import write_json  # noqa: E402
 from plain_loop import PlainRun  # noqa: E402
 
 PARTS = ("data loading", "inputs to device (+ augmentation)", "student forward", "teacher forward", "loss / method",
@@ -312,9 +312,8 @@ def main(argv=None) -> dict:
                 print(f"\n== {side}: torch.profiler, top operators over the timed steps")
                 print(timer.profiler.key_averages().table(sort_by=sort, row_limit=20))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"pair": args.pair, "method": args.method, "device": where,
-                                               "steps": args.steps, "ms_per_step": results}, indent=2))
+        write_json(args.json, {"pair": args.pair, "method": args.method, "device": where, "steps": args.steps,
+                               "ms_per_step": results})
     return results
 
 

@@ -55,6 +55,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "cifar10"
+if str(HERE) not in sys.path:  # plain_loop and json_output live next to this script
+    sys.path.insert(0, str(HERE))
+from json_output import write_json  # noqa: E402
 
 PAIRS = {  # name: (teacher, student)
     "resnet32x4-resnet8x4": ("resnet32x4", "resnet8x4"),  # compute-bound: the teacher's forward dominates
@@ -460,12 +463,10 @@ CSV_FIRST = ("pair", "method", "side", "runs", "wall_s", "cpu_s", "steady_images
 
 
 def write_outputs(args, runs: list[Run], rows: list[dict], meta: dict) -> None:
-    for path in (args.json, args.csv):
-        if path:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
     if args.json:
-        Path(args.json).write_text(json.dumps({**meta, "runs": [r.row() for r in runs], "summary": rows}, indent=2))
+        write_json(args.json, {**meta, "runs": [r.row() for r in runs], "summary": rows})
     if args.csv:
+        Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
         seen = dict.fromkeys(k for row in rows for k in row)
         fieldnames = [k for k in CSV_FIRST if k in seen] + [k for k in seen if k not in CSV_FIRST]
         with open(args.csv, "w", newline="") as handle:

@@ -48,6 +48,15 @@ def fresh_decode(dataset, size=32):
     return decode_to_uint8(dataset, size)
 
 
+def refuse_decoding(monkeypatch):
+    """Make any decoding fail: what loads afterwards must come from the cache."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("decoded although a valid cache file was there")
+
+    monkeypatch.setattr(device_module, "decode_to_uint8", refuse)
+
+
 def test_a_split_is_decoded_once_and_read_back_bitwise(tmp_path, monkeypatch, caplog):
     root = write_hub_layout(tmp_path / "cifar10")
     dataset = train_split(root)
@@ -59,11 +68,7 @@ def test_a_split_is_decoded_once_and_read_back_bitwise(tmp_path, monkeypatch, ca
     assert [p.name for p in path.parent.iterdir() if p.name.endswith(".tmp")] == []
     images, labels, index = fresh_decode(dataset)
     assert torch.equal(first.images, images) and torch.equal(first.labels, labels) and torch.equal(first.index, index)
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("decoded although a valid cache file was there")
-
-    monkeypatch.setattr(device_module, "decode_to_uint8", refuse)
+    refuse_decoding(monkeypatch)
     caplog.clear()
     with caplog.at_level(logging.INFO):
         again = InMemoryImageDataset.from_dataset(train_split(root), 32, cache_file="auto")  # a fresh load
@@ -79,15 +84,11 @@ def test_the_command_line_reads_the_cache_and_can_be_told_not_to(tmp_path, monke
     root = write_hub_layout(tmp_path / "cifar10")
     args = dict(dataset=str(root), data_path="in_memory", max_eval_samples=4)
     train, evaluation = _load_splits(DataArguments(**args), 0)[:2]
-
-    def refuse(*a, **k):
-        raise AssertionError("decoded")
-
-    monkeypatch.setattr(device_module, "decode_to_uint8", refuse)
+    refuse_decoding(monkeypatch)
     cached_train, cached_eval = _load_splits(DataArguments(**args), 0)[:2]
     for a, b in ((train, cached_train), (evaluation, cached_eval)):
         assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels) and torch.equal(a.index, b.index)
-    with pytest.raises(AssertionError, match="decoded"):
+    with pytest.raises(AssertionError, match="decoded although"):
         _load_splits(DataArguments(decoded_cache=False, **args), 0)
 
 

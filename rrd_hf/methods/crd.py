@@ -38,6 +38,7 @@ from .base import DistillationMethod, MethodContext, float32_math
 from .memory import check_index_range, momentum_update
 from .registry import register_method
 from .rrd import check_temperature
+from .similarity import memory_similarities
 
 __all__ = [
     "CRD",
@@ -64,7 +65,7 @@ def crd_scores(embeddings: torch.Tensor, memory: torch.Tensor, sample_indices: t
             f"sample_indices must be (B, K + 1) with B = {embeddings.shape[0]}, got {tuple(sample_indices.shape)}."
         )
     with float32_math(embeddings):
-        similarities = embeddings.float() @ memory.detach().float().t()
+        similarities = memory_similarities(embeddings.float(), memory.detach().float())
         return torch.exp(similarities.gather(1, sample_indices.long()) / temperature)
 
 

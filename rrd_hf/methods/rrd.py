@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from .base import DistillationMethod, MethodContext, float32_math
 from .memory import MEMORY_TYPES, build_memory
 from .registry import register_method
+from .similarity import memory_similarities
 
 __all__ = ["rrd_loss", "relational_log_probs", "similarity_logits", "check_temperature", "RRD", "RRD_PRESETS",
            "ENQUEUE_ORDERS", "MEMORY_TYPES"]
@@ -48,9 +49,10 @@ def similarity_logits(embeddings: torch.Tensor, memory: torch.Tensor, temperatur
     """`embeddings · memoryᵀ / temperature` in float32, shape (B, K).
 
     The (B, D) embeddings are divided, not the (B, K) similarities: the same numbers up to float rounding, with
-    K/D times less elementwise work in the forward and in the backward pass (K = 16384, D = 128 in the paper).
+    K/D times less elementwise work in the forward and in the backward pass (K = 16384, D = 128 in the paper). The
+    product itself runs on oneDNN on CPU (`memory_similarities`).
     """
-    return (embeddings.float() / temperature) @ memory.float().t()
+    return memory_similarities(embeddings.float() / temperature, memory.float())
 
 
 def relational_log_probs(embeddings: torch.Tensor, memory: torch.Tensor, temperature: float) -> torch.Tensor:

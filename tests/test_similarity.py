@@ -37,6 +37,12 @@ def reference(embeddings, memory, grad):
 
 
 @pytest.fixture
+def force_onednn(monkeypatch):
+    """oneDNN for every eligible product, whatever this machine's CPU vendor (the `auto` choice)."""
+    monkeypatch.setenv(similarity.PRODUCT_ENV, "onednn")
+
+
+@pytest.fixture
 def count_onednn_calls(monkeypatch):
     calls = []
     original = similarity._inner_product
@@ -51,9 +57,10 @@ def count_onednn_calls(monkeypatch):
 
 @pytest.mark.parametrize("onednn", [True, False], ids=["onednn", "matmul"])
 @pytest.mark.parametrize("batch,keys,dim", [(7, 300, 16), (64, 4096, 128), (1, 5, 3)])
-def test_values_and_gradient_match_float64_sums(onednn, batch, keys, dim):
+def test_values_and_gradient_match_float64_sums(onednn, batch, keys, dim, monkeypatch):
     if onednn and not onednn_inner_product_available():
         pytest.skip("this PyTorch build has no working oneDNN inner product")
+    monkeypatch.setenv(similarity.PRODUCT_ENV, "onednn" if onednn else "matmul")
     embeddings, memory = unit(batch, dim, seed=1), unit(keys, dim, seed=2)
     grad = torch.randn(batch, keys, generator=torch.Generator().manual_seed(3))
     expected, expected_grad = reference(embeddings, memory, grad)
@@ -67,7 +74,7 @@ def test_values_and_gradient_match_float64_sums(onednn, batch, keys, dim):
 
 
 @needs_onednn
-def test_float32_cpu_products_go_through_onednn_forward_and_backward(count_onednn_calls):
+def test_float32_cpu_products_go_through_onednn_forward_and_backward(force_onednn, count_onednn_calls):
     embeddings, memory = unit(4, 8, seed=1).requires_grad_(), unit(32, 8, seed=2)
     memory_similarities(embeddings, memory).sum().backward()
     assert count_onednn_calls == [((4, 8), (32, 8)), ((4, 32), (8, 32))]  # z·Mᵀ, then the gradient ·M
@@ -77,7 +84,39 @@ def test_float32_cpu_products_go_through_onednn_forward_and_backward(count_onedn
 
 
 @needs_onednn
-def test_other_cases_take_the_plain_product(count_onednn_calls):
+@pytest.mark.parametrize("vendor,choice,expected", [
+    ("AuthenticAMD", None, True), ("AuthenticAMD", "auto", True), ("GenuineIntel", None, False),
+    ("", None, False), ("AuthenticAMD", "matmul", False), ("GenuineIntel", "onednn", True),
+    ("GenuineIntel", " OneDNN ", True),
+])
+def test_the_cpu_vendor_or_the_environment_picks_the_path(vendor, choice, expected, monkeypatch, count_onednn_calls):
+    """MKL runs AVX2 code on AMD processors whatever they support, AVX-512 on Intel's: oneDNN on AMD only, by default."""
+    monkeypatch.setattr(similarity, "cpu_vendor", lambda: vendor)
+    if choice is None:
+        monkeypatch.delenv(similarity.PRODUCT_ENV, raising=False)
+    else:
+        monkeypatch.setenv(similarity.PRODUCT_ENV, choice)
+    embeddings, memory = unit(4, 8, seed=1).requires_grad_(), unit(32, 8, seed=2)
+    values = memory_similarities(embeddings, memory)
+    values.sum().backward()
+    assert similarity.onednn_preferred() is expected
+    assert len(count_onednn_calls) == (2 if expected else 0)
+    torch.testing.assert_close(values, embeddings.detach() @ memory.t())
+
+
+def test_an_unknown_product_choice_is_refused_with_the_choices(monkeypatch):
+    monkeypatch.setenv(similarity.PRODUCT_ENV, "mkl")
+    with pytest.raises(ValueError, match="RRD_HF_CPU_MEMORY_PRODUCT='mkl' is not one of auto, onednn, matmul"):
+        memory_similarities(unit(4, 8), unit(32, 8))
+
+
+def test_the_cpu_vendor_is_read_once_as_a_string():
+    assert isinstance(similarity.cpu_vendor(), str)
+    assert similarity.cpu_vendor() is similarity.cpu_vendor()
+
+
+@needs_onednn
+def test_other_cases_take_the_plain_product(force_onednn, count_onednn_calls):
     embeddings, memory = unit(4, 8, seed=1), unit(32, 8, seed=2)
     # A memory that needs a gradient gets one (the oneDNN path treats it as a constant).
     trained = memory.clone().requires_grad_()
@@ -105,13 +144,18 @@ def test_a_memory_changed_in_place_before_backward_is_an_error_not_a_wrong_gradi
         values.sum().backward()
 
 
-def test_rrd_and_crd_on_either_path_agree():
+@pytest.mark.parametrize("switch", ["environment", "mkldnn_flag"])
+def test_rrd_and_crd_on_either_path_agree(switch, monkeypatch):
     """The losses built on it: the same values and gradients with oneDNN on and off (float rounding apart)."""
     z_s, z_t, memory = unit(16, 32, seed=1), unit(16, 32, seed=2), unit(2048, 32, seed=3)
     indices = torch.randint(0, 2048, (16, 65), generator=torch.Generator().manual_seed(4))
     results = []
     for enabled in (True, False):
-        with mkldnn_enabled(enabled):
+        if switch == "environment":
+            monkeypatch.setenv(similarity.PRODUCT_ENV, "onednn" if enabled else "matmul")
+        else:
+            monkeypatch.setenv(similarity.PRODUCT_ENV, "onednn")
+        with mkldnn_enabled(enabled or switch == "environment"):
             student = z_s.clone().requires_grad_()
             loss = rrd_loss(student, z_t, memory, 0.04, 0.1) + crd_scores(student, memory, indices, 0.07).log().mean()
             loss.backward()

@@ -4,10 +4,15 @@ RRD's and CRD's largest products are a (B, D) batch of embeddings times a (K, D)
 dataset size for CRD; D = 128), and, in the backward, the (B, K) gradient times the same memory. On a CPU,
 PyTorch gives float32 matrix products to MKL, which on AMD processors runs its AVX2 code; oneDNN, the library
 PyTorch's CPU convolutions already use, runs the same products with AVX-512 where the processor has it. On this
-project's CPU (AMD EPYC, Zen 5, 2 cores), at B 64, K 16384, D 128, each product took 0.3–0.4× of MKL's time and
+project's first CPU (AMD EPYC, Zen 5, 2 cores), at B 64, K 16384, D 128, each product took 0.3–0.4× of MKL's time and
 the whole RRD loss, forward and backward, 0.55–0.58× (`python benchmarks/rrd_loss_time.py`, which also runs it
 with oneDNN off). The values are the same up to float rounding: every entry is the same sum of D (forward) or K
 (backward) products, added in another order.
+
+MKL chooses its code by the processor's vendor, not by its instruction sets: on Intel processors it runs AVX-512
+and is as fast as oneDNN or faster (an Intel Xeon with AVX-512 and AMX: the RRD loss 1.08× slower on oneDNN). So the
+oneDNN path is taken on AMD processors only (`onednn_preferred`); the environment variable
+`RRD_HF_CPU_MEMORY_PRODUCT` = `onednn` | `matmul` | `auto` (the default) overrides that choice.
 
 Everywhere else (CUDA, a build without oneDNN, `torch.backends.mkldnn.enabled = False`, another dtype, a memory
 that needs a gradient) it is the plain `embeddings @ memory.t()`.
@@ -16,11 +21,16 @@ that needs a gradient) it is the plain `embeddings @ memory.t()`.
 from __future__ import annotations
 
 import functools
+import os
+import platform
 
 import torch
 from torch.autograd.function import once_differentiable
 
-__all__ = ["memory_similarities", "onednn_inner_product_available"]
+__all__ = ["memory_similarities", "onednn_inner_product_available", "onednn_preferred", "PRODUCT_ENV"]
+
+#: Environment variable: `onednn`, `matmul` or `auto` (oneDNN on AMD processors, where MKL takes its AVX2 code).
+PRODUCT_ENV = "RRD_HF_CPU_MEMORY_PRODUCT"
 
 
 def _inner_product(inputs: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -43,6 +53,30 @@ def onednn_inner_product_available() -> bool:
         return False
 
 
+@functools.cache
+def cpu_vendor() -> str:
+    """The processor's vendor string (`AuthenticAMD`, `GenuineIntel`, ...), or '' when it cannot be read."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def onednn_preferred() -> bool:
+    """Whether float32 CPU products with a memory go to oneDNN: `RRD_HF_CPU_MEMORY_PRODUCT`, else AMD processors."""
+    choice = os.environ.get(PRODUCT_ENV, "auto").strip().lower() or "auto"
+    if choice not in ("auto", "onednn", "matmul"):
+        raise ValueError(f"{PRODUCT_ENV}={os.environ[PRODUCT_ENV]!r} is not one of auto, onednn, matmul: unset it "
+                         "(auto: oneDNN on AMD processors) or choose one of those.")
+    if choice == "matmul" or not onednn_inner_product_available():
+        return False
+    return choice == "onednn" or "AMD" in cpu_vendor()
+
+
 class _MemoryProduct(torch.autograd.Function):
     @staticmethod
     def forward(ctx, embeddings: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
@@ -63,7 +97,7 @@ def memory_similarities(embeddings: torch.Tensor, memory: torch.Tensor) -> torch
         and embeddings.dtype == torch.float32 and memory.dtype == torch.float32
         and embeddings.dim() == 2 and memory.dim() == 2 and embeddings.shape[0] > 0
         and not memory.requires_grad
-        and torch.backends.mkldnn.enabled and onednn_inner_product_available()
+        and torch.backends.mkldnn.enabled and onednn_preferred()
     )
     if not fast:
         return embeddings @ memory.t()

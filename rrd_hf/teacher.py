@@ -19,9 +19,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .batch_norm_folding import fold_batch_norms
+
 __all__ = ["ImageStats", "image_stats_from_pretrained", "image_stats_from_processor", "image_stats_from_config",
-           "TeacherInputAdapter", "resolve_teacher", "freeze_teacher", "check_same_labels", "label_names",
-           "build_teacher_input_adapter"]
+           "TeacherInputAdapter", "resolve_teacher", "freeze_teacher", "fold_teacher_batch_norms", "check_same_labels",
+           "label_names", "build_teacher_input_adapter"]
 
 logger = logging.getLogger(__name__)
 
@@ -235,6 +237,27 @@ def freeze_teacher(teacher: nn.Module, device, channels_last: bool, mixed_precis
         for module in teacher.modules():
             if isinstance(module, _AUTOCAST_CASTS):
                 module.to(dtype)
+    return teacher
+
+
+def fold_teacher_batch_norms(teacher: nn.Module, pixel_values: torch.Tensor, input_adapter: nn.Module, reader,
+                             autocast) -> nn.Module:
+    """The frozen teacher with its BatchNorms folded into its convolutions (`rrd_hf.batch_norm_folding`), traced on
+    the call the training steps make (`pixel_values`: an example batch as the trainer hands it over). The module
+    passed in is left as it was."""
+    pixel_values = input_adapter(pixel_values)
+
+    def run(module):
+        with autocast():
+            return module(pixel_values=pixel_values, **reader.forward_kwargs)
+
+    try:
+        teacher, folded = fold_batch_norms(teacher, run)
+    finally:
+        reader.clear()  # the traced forwards filled the feature taps
+    if folded:
+        logger.info("teacher: %d BatchNorm layers folded into the convolutions before them (fold_teacher_batch_norm)",
+                    len(folded))
     return teacher
 
 

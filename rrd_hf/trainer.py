@@ -37,7 +37,7 @@ from .optimization import multistep_schedule, use_fused_step
 from .pretrained import load_image_classifier
 from .stages import Stage, init_stages, set_student_mode, stage_training
 from .student import name_classes_from_data, processor_matching_data
-from .teacher import (ImageStats, build_teacher_input_adapter, check_same_labels, freeze_teacher,
+from .teacher import (ImageStats, build_teacher_input_adapter, check_same_labels, fold_teacher_batch_norms, freeze_teacher,
                       image_stats_from_processor, resolve_teacher)
 
 __all__ = ["RRDTrainer", "DISTILL_STATE_NAME"]
@@ -175,6 +175,10 @@ class RRDTrainer(HubMixin, Trainer):
                              else image_stats_from_processor(processing_class) or ImageStats())
             self.teacher_input_adapter = build_teacher_input_adapter(
                 self.teacher, student_stats, self.args, teacher_processing_class).to(self.args.device)
+            if self.args.fold_teacher_batch_norm and train_dataset is not None and len(train_dataset):
+                self.teacher = fold_teacher_batch_norms(self.teacher, self._example_pixel_values(train_dataset),
+                                                        self.teacher_input_adapter, self.teacher_reader,
+                                                        self.accelerator.autocast)
         # Trainable/stateful parts of the methods: optimised with the student, checkpointed, DDP-synchronised.
         self.methods = nn.ModuleDict()
         self.context: MethodContext | None = None
@@ -213,10 +217,8 @@ class RRDTrainer(HubMixin, Trainer):
                              "train in float32.")
 
     @torch.no_grad()
-    def _example_activations(self, train_dataset):
-        """Activations of both models on a dummy batch shaped like the training data (eval mode: BN untouched)."""
-        if train_dataset is None or not len(train_dataset):
-            raise ValueError(f"the objective {self.args.describe_objective()} needs a train_dataset to size its methods.")
+    def _example_pixel_values(self, train_dataset) -> torch.Tensor:
+        """A dummy batch of 2 shaped like the training data, as the models receive it (after `batch_transform`)."""
         sample = torch.as_tensor(train_dataset[0]["pixel_values"])
         # Random, not constant, images: a method inspecting its example maps (AB checks they are pre-ReLU) must see
         # realistic values. Seeded, so every process builds the same shapes and checks.
@@ -228,7 +230,16 @@ class RRDTrainer(HubMixin, Trainer):
         pixel_values = pixel_values.to(self.args.device)
         if self.batch_transform is not None:
             pixel_values = self.batch_transform(pixel_values, False, index=torch.arange(2, device=pixel_values.device))
-        pixel_values = pixel_values.float()
+        if self.args.channels_last and pixel_values.dim() == 4:  # as `_prepare_inputs` hands batches over
+            pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
+        return pixel_values.float()
+
+    @torch.no_grad()
+    def _example_activations(self, train_dataset):
+        """Activations of both models on a dummy batch shaped like the training data (eval mode: BN untouched)."""
+        if train_dataset is None or not len(train_dataset):
+            raise ValueError(f"the objective {self.args.describe_objective()} needs a train_dataset to size its methods.")
+        pixel_values = self._example_pixel_values(train_dataset)
         autocast = self.accelerator.autocast
         return (self.student_reader.read_example(self.model, pixel_values, autocast),
                 self.teacher_reader.read_example(self.teacher, pixel_values, autocast, self.teacher_input_adapter))

@@ -8,7 +8,9 @@ Which convolution feeds which BatchNorm is read from one traced forward, not fro
 when the BatchNorm module received the convolution module's output and nothing else used that output (counted over
 every torch function call of the forward, with a `TorchFunctionMode`), when neither module has hooks or a
 non-standard `forward`, and when the BatchNorm has running statistics. The folded model is then checked against the
-original on the same input; if any output differs by more than float rounding, the original is kept.
+original on the same input; if any output differs by more than float rounding, the original is kept. What one
+trace cannot see: a forward that takes other paths for other inputs, or that keeps a convolution's output in a
+Python attribute for later; for such a teacher set `fold_teacher_batch_norm=False`.
 
 The user's module is never changed: the result is a shallow copy that shares every untouched module, parameter and
 hook with it; only the ancestors of a folded pair are copied (with their own child dictionaries), the convolution

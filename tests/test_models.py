@@ -752,3 +752,48 @@ def test_trust_remote_code_without_rrd_hf(saved_zoo, tmp_path):
     assert report["refused_without_trust"] is True
     assert report["rrd_hf_modules_loaded"] == []
     _check_report(report, "transformers_modules.")
+
+
+def _forward_backward(model, x):
+    model.zero_grad()
+    out = model(pixel_values=x, output_hidden_states=True, preact=True)
+    (out.logits.square().sum() + sum(h.sum() for h in out.hidden_states)).backward()
+    return [out.logits.detach(), *[h.detach() for h in out.hidden_states]], \
+        [p.grad.clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("block_type", ["basic", "bottleneck"])
+def test_resnet_in_place_relu_and_addition_change_no_value_or_gradient(block_type):
+    """The CIFAR ResNets overwrite a BatchNorm's output in place (ReLU, residual addition) when no hook observes it.
+    A global forward hook turns that off: both paths must give bitwise the same outputs and gradients."""
+    config = zoo.CifarResNetConfig(depth=8 if block_type == "basic" else 11, block_type=block_type, num_labels=10)
+    model = zoo.CifarResNetForImageClassification(config).train()
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    in_place = _forward_backward(copy.deepcopy(model), x)
+    handle = nn.modules.module.register_module_forward_hook(lambda *args: None)
+    try:
+        out_of_place = _forward_backward(copy.deepcopy(model), x)
+    finally:
+        handle.remove()
+    for a, b in zip(in_place[0] + in_place[1], out_of_place[0] + out_of_place[1]):
+        assert torch.equal(a, b)
+
+
+def test_a_hook_on_a_resnet_batch_norm_keeps_its_output_unmodified():
+    """A forward hook (a user's, or rrd_hf's hidden-state taps) must see the BatchNorm output, not the ReLU's."""
+    model = build_model("resnet8", num_labels=10).eval()
+    seen = {}
+
+    def keep(name):
+        def hook(module, args, output):
+            seen[name] = (output, output.clone())  # returns None: the output is not replaced
+
+        return hook
+
+    for name in ("bn1", "layer1.0.bn1", "layer1.0.bn2", "layer1.0.conv1"):
+        model.get_submodule(name).register_forward_hook(keep(name))
+    with torch.no_grad():
+        model(pixel_values=torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)))
+    for name, (output, copy_at_hook_time) in seen.items():
+        assert torch.equal(output, copy_at_hook_time), name
+        assert (output < 0).any(), name  # pre-ReLU values survived

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._cifar_common import CifarPreTrainedModel, global_pool
+from ._cifar_common import CifarPreTrainedModel, global_pool, unobserved
 from .configuration_cifar_resnet import CifarResNetConfig
 
 
@@ -30,8 +30,9 @@ class BasicBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         residual = x if self.downsample is None else self.downsample(x)
-        out = F.relu(self.bn1(self.conv1(x)))
-        preact = self.bn2(self.conv2(out)) + residual
+        out = F.relu(self.bn1(self.conv1(x)), inplace=unobserved(self.conv1, self.bn1))
+        preact = self.bn2(self.conv2(out))
+        preact = preact.add_(residual) if unobserved(self.conv2, self.bn2) else preact + residual
         return F.relu(preact), preact
 
 
@@ -52,9 +53,10 @@ class Bottleneck(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         residual = x if self.downsample is None else self.downsample(x)
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = F.relu(self.bn2(self.conv2(out)))
-        preact = self.bn3(self.conv3(out)) + residual
+        out = F.relu(self.bn1(self.conv1(x)), inplace=unobserved(self.conv1, self.bn1))
+        out = F.relu(self.bn2(self.conv2(out)), inplace=unobserved(self.conv2, self.bn2))
+        preact = self.bn3(self.conv3(out))
+        preact = preact.add_(residual) if unobserved(self.conv3, self.bn3) else preact + residual
         return F.relu(preact), preact
 
 
@@ -119,7 +121,7 @@ class CifarResNetForImageClassification(CifarPreTrainedModel):
         return nn.Sequential(*layers)
 
     def _forward_features(self, pixel_values: torch.Tensor, preact: bool):
-        f0 = F.relu(self.bn1(self.conv1(pixel_values)))
+        f0 = F.relu(self.bn1(self.conv1(pixel_values)), inplace=unobserved(self.conv1, self.bn1))
         f1, f1_pre = _run_stage(self.layer1, f0)
         f2, f2_pre = _run_stage(self.layer2, f1)
         f3, f3_pre = _run_stage(self.layer3, f2)

@@ -14,7 +14,8 @@ Python attribute for later; for such a teacher set `fold_teacher_batch_norm=Fals
 
 The user's module is never changed: the result is a shallow copy that shares every untouched module, parameter and
 hook with it; only the ancestors of a folded pair are copied (with their own child dictionaries), the convolution
-gets new folded parameters and the BatchNorm becomes `nn.Identity`.
+gets new folded parameters and the BatchNorm becomes `nn.Identity`. Moving or casting the folded copy later
+(`.to(...)`) therefore also moves the modules it shares with the original, as it would have moved the original.
 """
 
 from __future__ import annotations

@@ -5,12 +5,12 @@ dataset size for CRD; D = 128), and, in the backward, the (B, K) gradient times 
 PyTorch gives float32 matrix products to MKL, which on AMD processors runs its AVX2 code; oneDNN, the library
 PyTorch's CPU convolutions already use, runs the same products with AVX-512 where the processor has it. On this
 project's first CPU (AMD EPYC, Zen 5, 2 cores), at B 64, K 16384, D 128, each product took 0.3–0.4× of MKL's time and
-the whole RRD loss, forward and backward, 0.55–0.58× (`python benchmarks/rrd_loss_time.py`, which also runs it
-with oneDNN off). The values are the same up to float rounding: every entry is the same sum of D (forward) or K
+the whole RRD loss, forward and backward, 0.55–0.59× (`python benchmarks/rrd_loss_time.py`, which also runs it
+with its products forced onto each path). The values are the same up to float rounding: every entry is the same sum of D (forward) or K
 (backward) products, added in another order.
 
 MKL chooses its code by the processor's vendor, not by its instruction sets: on Intel processors it runs AVX-512
-and is as fast as oneDNN or faster (an Intel Xeon with AVX-512 and AMX: the RRD loss 1.08× slower on oneDNN). So the
+and is as fast as oneDNN or faster (an Intel Xeon with AVX-512 and AMX: the RRD loss 1.08–1.10× slower on oneDNN). So the
 oneDNN path is taken on AMD processors only (`onednn_preferred`); the environment variable
 `RRD_HF_CPU_MEMORY_PRODUCT` = `onednn` | `matmul` | `auto` (the default) overrides that choice.
 

@@ -18,13 +18,12 @@ per median and per fastest.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
 import torch
 import torch.nn.functional as F
-
-import os
 
 from rrd_hf.methods import rrd_loss
 from rrd_hf.methods.similarity import PRODUCT_ENV, cpu_vendor, onednn_preferred

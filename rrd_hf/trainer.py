@@ -165,6 +165,7 @@ class RRDTrainer(HubMixin, Trainer):
                                                feature_module=self.args.student_feature_module,
                                                hidden_modules=self.args.student_hidden_modules)
         self.teacher = self.teacher_reader = self.teacher_input_adapter = None
+        self._example: tuple | None = None  # (train_dataset, its example batch): built once, for folding and methods
         if teacher is not None:
             self.teacher = freeze_teacher(teacher, self.args.device, self.args.channels_last,
                                           self.accelerator.mixed_precision)
@@ -219,6 +220,8 @@ class RRDTrainer(HubMixin, Trainer):
     @torch.no_grad()
     def _example_pixel_values(self, train_dataset) -> torch.Tensor:
         """A dummy batch of 2 shaped like the training data, as the models receive it (after `batch_transform`)."""
+        if self._example is not None and self._example[0] is train_dataset:
+            return self._example[1]
         sample = torch.as_tensor(train_dataset[0]["pixel_values"])
         # Random, not constant, images: a method inspecting its example maps (AB checks they are pre-ReLU) must see
         # realistic values. Seeded, so every process builds the same shapes and checks.
@@ -232,7 +235,8 @@ class RRDTrainer(HubMixin, Trainer):
             pixel_values = self.batch_transform(pixel_values, False, index=torch.arange(2, device=pixel_values.device))
         if self.args.channels_last and pixel_values.dim() == 4:  # as `_prepare_inputs` hands batches over
             pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
-        return pixel_values.float()
+        self._example = (train_dataset, pixel_values.float())
+        return self._example[1]
 
     @torch.no_grad()
     def _example_activations(self, train_dataset):

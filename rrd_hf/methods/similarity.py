@@ -68,13 +68,19 @@ def cpu_vendor() -> str:
 
 def onednn_preferred() -> bool:
     """Whether float32 CPU products with a memory go to oneDNN: `RRD_HF_CPU_MEMORY_PRODUCT`, else AMD processors."""
-    choice = os.environ.get(PRODUCT_ENV, "auto").strip().lower() or "auto"
+    return _preferred(os.environ.get(PRODUCT_ENV, "auto"), cpu_vendor())
+
+
+@functools.cache
+def _preferred(setting: str, vendor: str) -> bool:
+    """The decision for one setting and vendor, made once (three products per training step ask)."""
+    choice = setting.strip().lower() or "auto"
     if choice not in ("auto", "onednn", "matmul"):
-        raise ValueError(f"{PRODUCT_ENV}={os.environ[PRODUCT_ENV]!r} is not one of auto, onednn, matmul: unset it "
+        raise ValueError(f"{PRODUCT_ENV}={setting!r} is not one of auto, onednn, matmul: unset it "
                          "(auto: oneDNN on AMD processors) or choose one of those.")
     if choice == "matmul" or not onednn_inner_product_available():
         return False
-    return choice == "onednn" or "AMD" in cpu_vendor()
+    return choice == "onednn" or "AMD" in vendor
 
 
 class _MemoryProduct(torch.autograd.Function):

@@ -159,6 +159,8 @@ def _same_outputs(expected, actual) -> tuple[bool, float]:
             if not torch.equal(a, b):
                 return False, float("inf")
             continue
+        if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
+            return False, float("nan")  # a NaN/inf statistic or weight: nothing to compare; the run's guard reports it
         a, b = a.double(), b.double()
         scale = a.abs().max().item() if a.numel() else 0.0
         error = (a - b).abs().max().item() if a.numel() else 0.0
@@ -185,6 +187,6 @@ def fold_batch_norms(model: nn.Module, run: Callable[[nn.Module], object]) -> tu
     same, worst = _same_outputs(expected, actual)
     if not same:
         logger.warning("folding %d BatchNorms into their convolutions changed the teacher's outputs (largest relative "
-                       "difference %.2g): the teacher runs unfolded.", len(pairs), worst)
+                       "difference %.2g; nan: the outputs are not finite): the teacher runs unfolded.", len(pairs), worst)
         return model, []
     return folded, [norm for _, norm in pairs]

@@ -217,3 +217,11 @@ def test_bf16_teachers_are_not_folded(tmp_path):
     teacher = randomise_statistics(tiny_model(width=16, seed=2))
     trainer = make_trainer(tmp_path, teacher, bf16=True)
     assert isinstance(trainer.teacher.bn1, nn.BatchNorm2d)
+
+
+def test_a_teacher_with_a_nan_statistic_is_left_unfolded_and_said_so(caplog):
+    model = randomise_statistics(Chain())
+    model.norm.running_var[0] = float("nan")
+    with caplog.at_level(logging.WARNING, logger="rrd_hf.batch_norm_folding"):
+        folded, names = fold_batch_norms(model, lambda m: m(images(size=8)))
+    assert folded is model and names == [] and "not finite" in caplog.text

@@ -49,15 +49,61 @@ def test_fifo_wraps_around_like_writing_row_by_row(batch_sizes):
     torch.testing.assert_close(memory.keys.norm(dim=1), torch.ones(size))
 
 
-def test_update_is_out_of_place_so_autograd_survives():
+def test_update_leaves_the_memory_the_loss_read_so_autograd_survives():
     memory = FifoMemory(8, 4)
     student = unit(3, 4, 1).requires_grad_()
     loss = rrd_loss(student, unit(3, 4, 2), memory.anchors(), 0.1, 0.1)
     before = memory.keys
-    memory.update(unit(3, 4, 3))  # would raise "modified by an inplace operation" if written in place
+    memory.update(unit(3, 4, 3))  # would raise "modified by an inplace operation" if written where the loss read
     loss.backward()
     assert student.grad is not None
     assert memory.keys is not before
+
+
+def test_fifo_alternates_two_buffers_instead_of_copying_the_memory():
+    """Each update writes 2 x batch rows into the buffer the previous loss read, not a fresh copy of all keys."""
+    memory = FifoMemory(16, 4)
+    pointers = []
+    for step in range(4):
+        memory.update(unit(3, 4, step))
+        pointers.append(memory.keys.data_ptr())
+    assert pointers[0] == pointers[2] and pointers[1] == pointers[3] and pointers[0] != pointers[1]
+
+
+def test_a_graph_kept_across_two_updates_is_refused_not_silently_wrong():
+    memory = FifoMemory(8, 4)
+    student = unit(3, 4, 1).requires_grad_()
+    loss = rrd_loss(student, unit(3, 4, 2), memory.anchors(), 0.1, 0.1)
+    memory.update(unit(3, 4, 3))
+    memory.update(unit(3, 4, 4))  # writes into the buffer `loss` read
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+
+
+@pytest.mark.parametrize("change", ["load_state_dict", "assign", "to"])
+def test_fifo_stays_a_ring_when_its_keys_are_replaced_between_updates(change):
+    """A checkpoint loaded into a memory in use (resume), an assigned or moved `keys`: the next updates still give
+    exactly the naive ring's rows."""
+    size, dim = 10, 4
+    memory, source = FifoMemory(size, dim, seed=0), FifoMemory(size, dim, seed=7)
+    for step in range(3):
+        memory.update(unit(4, dim, step))
+        source.update(unit(4, dim, 10 + step))
+    if change == "load_state_dict":
+        memory.load_state_dict(source.state_dict())
+    elif change == "assign":
+        memory.keys, memory.pointer = source.keys.clone(), source.pointer.clone()
+    else:
+        memory.to(torch.float64)
+        source.to(torch.float64)
+    reference, pointer = source.keys.clone() if change != "to" else memory.keys.clone(), int(memory.pointer)
+    for step in range(3, 8):
+        keys = unit(4, dim, step).to(reference.dtype)
+        memory.update(keys)
+        for row in keys:
+            reference[pointer] = row
+            pointer = (pointer + 1) % size
+        assert torch.equal(memory.keys, reference), step
 
 
 def test_state_dict_round_trip_continues_identically():

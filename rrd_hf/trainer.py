@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections import defaultdict
 from typing import Any, Callable
 
 import torch
@@ -69,6 +68,43 @@ class _RunCallback(TrainerCallback):
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         self.trainer.check_finite_before_step()
+
+
+class _RunningMeans:
+    """Per-name sums of the loss terms since the last log, added in place on their device (no sync).
+
+    Keeping every step's scalar until the log instead (a list per term) pins one small allocation per term and step
+    among the step's large temporaries: on CPU the heap then cannot reuse their room and grew by ~2.7 MB per step
+    of RRD until the first log (resnet20 -> resnet8, batch 64: 670 -> 881 MB at step 100 with logging_steps=100),
+    faulting ~570 fresh pages per step. The sums are allocated once and zeroed at each log."""
+
+    def __init__(self):
+        self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, int] = {}
+
+    def __bool__(self) -> bool:
+        return any(self.counts.values())
+
+    def add(self, values: dict[str, torch.Tensor]) -> None:
+        for name, value in values.items():
+            value = value.detach().float().reshape(())
+            total = self.sums.get(name)
+            if total is None or total.device != value.device:
+                self.sums[name], self.counts[name] = torch.zeros_like(value), 0
+            self.sums[name].add_(value)
+            self.counts[name] += 1
+
+    def pop_means(self) -> dict[str, torch.Tensor]:
+        """The mean of each term added since the last call (new tensors); the sums restart from zero."""
+        means = {name: self.sums[name] / count for name, count in self.counts.items() if count}
+        for name in self.sums:
+            self.sums[name].zero_()
+            self.counts[name] = 0
+        return means
+
+    def clear(self) -> None:
+        self.sums.clear()
+        self.counts.clear()
 
 
 class RRDTrainer(HubMixin, Trainer):
@@ -189,7 +225,7 @@ class RRDTrainer(HubMixin, Trainer):
         self._init_stages_done = False
         self.init_stage_history: list[dict] = []  # also copied to the front of state.log_history
         self._wrapped: dict[str, nn.Module] = {}
-        self._loss_terms: dict[str, list[torch.Tensor]] = defaultdict(list)
+        self._loss_terms = _RunningMeans()
         self._update_steps_per_epoch: int | None = None
         self._in_training_step = False
         self._augmentation_epoch = 0
@@ -328,8 +364,7 @@ class RRDTrainer(HubMixin, Trainer):
             self.student_reader.clear()
         if self.args.check_finite:
             self.guard.observe(values, model_inputs.get("pixel_values"))
-        for name, value in values.items():
-            self._loss_terms[name].append(value.detach().float())
+        self._loss_terms.add(values)
         return (loss, outputs) if return_outputs else loss
 
     def training_step(self, model, inputs, num_items_in_batch=None):
@@ -365,9 +400,8 @@ class RRDTrainer(HubMixin, Trainer):
             self.guard.raise_if_tripped()
         # Training logs get the mean of each loss term since the last log, averaged over processes.
         if "loss" in logs and self._loss_terms:
-            for name, values in self._loss_terms.items():
-                logs[name] = self.accelerator.reduce(torch.stack(values).mean(), reduction="mean").item()
-            self._loss_terms.clear()
+            for name, mean in self._loss_terms.pop_means().items():
+                logs[name] = self.accelerator.reduce(mean, reduction="mean").item()
         if self.stage is not None:  # init-stage logs are kept apart from the main stage's
             logs = self._stage_log(logs)
         if logs is not None:

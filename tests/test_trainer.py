@@ -167,7 +167,7 @@ def test_bf16_autocast_on_cpu_keeps_losses_float32(tmp_path):
     def probe(model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, outputs = original(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
         seen["loss"] = loss.dtype
-        seen["terms"] = {k: v[-1].dtype for k, v in trainer._loss_terms.items()}
+        seen["terms"] = {k: v.dtype for k, v in trainer._loss_terms.sums.items()}
         return (loss, outputs) if return_outputs else loss
 
     trainer.compute_loss = probe

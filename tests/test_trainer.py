@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoConfig, AutoModelForImageClassification
+from transformers import AutoConfig, AutoModelForImageClassification, TrainerCallback
 
 from helpers import StopAt, TinyConvConfig, TinyConvForImageClassification, TinyImageDataset, tiny_model
 from rrd_hf import DISTILL_STATE_NAME, RRDConfig, RRDTrainer
@@ -355,3 +355,24 @@ def test_evaluation_never_drops_samples_even_with_drop_last(tmp_path):
     expected = (logits.argmax(1) == data.labels).float().mean().item()
     assert metrics["eval_accuracy"] == pytest.approx(expected)
     assert len(trainer.get_train_dataloader()) == 64 // 8  # training still drops (here nothing to drop)
+
+
+def test_logged_loss_terms_are_the_means_of_each_step_since_the_last_log(tmp_path):
+    """Every training log holds, per term, the mean of the values of the steps since the previous log, read here
+    from the methods themselves; between logs the trainer keeps one running sum per term, not one tensor per step."""
+    trainer = make_trainer(tmp_path, max_steps=6, logging_steps=3, kd_weight=1.0)
+    per_step = {"loss_rrd": [], "loss_kd": []}
+    kept = []
+    for name in ("rrd", "kd"):
+        trainer.methods[name].register_forward_hook(
+            lambda module, args, out, name=name: per_step[f"loss_{name}"].append(out.detach().item())
+            if module.training else None)
+    trainer.add_callback(type("Count", (TrainerCallback,), {
+        "on_step_end": lambda self, *args, **kwargs: kept.append(len(trainer._loss_terms.sums))})())
+    trainer.train()
+    logs = [log for log in trainer.state.log_history if "loss_rrd" in log]
+    assert [log["step"] for log in logs] == [3, 6]
+    for log, steps in zip(logs, [slice(0, 3), slice(3, 6)]):
+        for name, values in per_step.items():
+            assert log[name] == pytest.approx(sum(values[steps]) / 3, rel=1e-6), (log["step"], name)
+    assert set(kept) == {3}  # loss_ce, loss_kd, loss_rrd: one sum each, however many steps since the log

@@ -70,14 +70,95 @@ def test_fifo_alternates_two_buffers_instead_of_copying_the_memory():
     assert pointers[0] == pointers[2] and pointers[1] == pointers[3] and pointers[0] != pointers[1]
 
 
-def test_a_graph_kept_across_two_updates_is_refused_not_silently_wrong():
-    memory = FifoMemory(8, 4)
-    student = unit(3, 4, 1).requires_grad_()
-    loss = rrd_loss(student, unit(3, 4, 2), memory.anchors(), 0.1, 0.1)
-    memory.update(unit(3, 4, 3))
-    memory.update(unit(3, 4, 4))  # writes into the buffer `loss` read
-    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+@pytest.fixture(params=["matmul", "onednn"])
+def product(request, monkeypatch):
+    """Both CPU paths of the products with the memory (they save the memory for backward differently)."""
+    monkeypatch.setenv("RRD_HF_CPU_MEMORY_PRODUCT", request.param)
+    return request.param
+
+
+def _rrd_step(memory, seed, enqueue="after"):
+    student = unit(3, 4, seed).requires_grad_()
+    teacher = unit(3, 4, seed + 100)
+    if enqueue == "before":
+        memory.update(teacher)
+    loss = rrd_loss(student, teacher, memory.anchors(), 0.1, 0.1)
+    if enqueue == "after":
+        memory.update(teacher)
+    return student, loss
+
+
+@pytest.mark.parametrize("enqueue", ["after", "before"])
+def test_the_training_cycle_writes_into_the_released_buffer(product, enqueue):
+    """Loss, update, backward, as the trainer runs them: once a step's backward has released the memory it read,
+    the next update writes into it (the two buffers alternate), and the memory is the naive ring's."""
+    memory, pointers = FifoMemory(16, 4), []
+    reference = memory.keys.clone()
+    for step in range(5):
+        student, loss = _rrd_step(memory, step, enqueue)
         loss.backward()
+        reference[3 * step:3 * step + 3] = unit(3, 4, step + 100)
+        pointers.append(memory.keys.data_ptr())
+        assert torch.equal(memory.keys, reference)
+    assert pointers[1] == pointers[3] and pointers[2] == pointers[4] and pointers[1] != pointers[2]
+
+
+def test_a_graph_kept_across_updates_keeps_its_memory(product):
+    """Two losses summed before one backward (or any graph still alive): the update sees the buffer is held and
+    writes a fresh copy instead, so each loss backpropagates through the memory it read."""
+    memory = FifoMemory(8, 4)
+    snapshots, students, losses = [], [], []
+    for step in range(3):
+        snapshots.append(memory.keys.clone())
+        student, loss = _rrd_step(memory, step)
+        students.append(student)
+        losses.append(loss)
+    sum(losses).backward()
+    for snapshot, student, step in zip(snapshots, students, range(3)):
+        expected = unit(3, 4, step).requires_grad_()
+        rrd_loss(expected, unit(3, 4, step + 100), snapshot, 0.1, 0.1).backward()
+        assert torch.equal(student.grad, expected.grad), step
+
+
+def test_a_reference_to_an_earlier_memory_is_never_written():
+    memory = FifoMemory(8, 4)
+    memory.update(unit(3, 4, 0))
+    earlier, copy = memory.keys, memory.keys.clone()
+    for step in range(1, 4):
+        memory.update(unit(3, 4, step))
+    assert torch.equal(earlier, copy)
+
+
+@pytest.mark.parametrize("kind", ["momentum", "crd"])
+def test_dataset_sized_banks_alternate_and_keep_held_banks(kind):
+    """The momentum memory (all slots as anchors) and CRD's banks: the same two-buffer writes as the FIFO ring, the
+    same rows as the out-of-place `momentum_update`, and a held bank left alone."""
+    from rrd_hf.methods.crd import CRDMemory
+    from rrd_hf.methods.memory import momentum_update
+
+    if kind == "momentum":
+        memory = MomentumMemory(12, 4, momentum=0.5, num_anchors=None, seed=0)
+        banks = ("keys",)
+        update = lambda keys, index: memory.update(keys, index)  # noqa: E731
+    else:
+        memory = CRDMemory(12, 4, num_negatives=3, momentum=0.5, seed=0)
+        banks = ("student_bank", "teacher_bank")
+        update = lambda keys, index: memory.update(keys, keys.flip(0), index)  # noqa: E731
+    expected = {name: getattr(memory, name).clone() for name in banks}
+    pointers = []
+    for step in range(4):
+        keys, index = unit(3, 4, step), torch.tensor([step, step + 5, step])  # a duplicate index as well
+        for name in banks:
+            expected[name] = momentum_update(expected[name], keys if name != "teacher_bank" else keys.flip(0), index, 0.5)
+        update(keys, index)
+        pointers.append(getattr(memory, banks[0]).data_ptr())
+        for name in banks:
+            assert torch.equal(getattr(memory, name), expected[name]), (step, name)
+    assert pointers[1] == pointers[3] and pointers[1] != pointers[2]
+    held, copy = getattr(memory, banks[0]), getattr(memory, banks[0]).clone()
+    update(unit(3, 4, 9), torch.tensor([1, 2, 3]))
+    update(unit(3, 4, 10), torch.tensor([4, 5, 6]))
+    assert torch.equal(held, copy)
 
 
 @pytest.mark.parametrize("change", ["load_state_dict", "assign", "to"])

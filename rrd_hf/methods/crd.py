@@ -35,7 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .base import DistillationMethod, MethodContext, float32_math
-from .memory import check_index_range, momentum_update
+from .memory import _DoubleBuffered, check_index_range, momentum_rows
 from .registry import register_method
 from .rrd import check_temperature
 from .similarity import memory_similarities
@@ -126,7 +126,7 @@ def _mix_seed(*values: int) -> int:
     return seed
 
 
-class CRDMemory(nn.Module):
+class CRDMemory(_DoubleBuffered):
     """The two banks, the normalisers and the seeded sampler of negatives.
 
     Buffers (all in the state dict): `student_bank`, `teacher_bank` (N, D), initialised uniform in
@@ -258,9 +258,11 @@ class CRDMemory(nn.Module):
 
     @torch.no_grad()
     def update(self, student_keys: torch.Tensor, teacher_keys: torch.Tensor, indices: torch.Tensor) -> None:
-        """Momentum update of both banks at `indices` (out of place: new tensors replace the buffers)."""
-        self.student_bank = momentum_update(self.student_bank, student_keys, indices, self.momentum)
-        self.teacher_bank = momentum_update(self.teacher_bank, teacher_keys, indices, self.momentum)
+        """Momentum update of both banks at `indices`, into their trailing buffers (`rrd_hf.methods.memory`)."""
+        if indices.numel() == 0:
+            return
+        self._write_rows("student_bank", *momentum_rows(self.student_bank, student_keys, indices, self.momentum))
+        self._write_rows("teacher_bank", *momentum_rows(self.teacher_bank, teacher_keys, indices, self.momentum))
         self.num_updates = self.num_updates + 1
         self.updates += 1
 

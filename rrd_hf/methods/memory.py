@@ -1,12 +1,12 @@
 """Memories of embeddings that RRD (and CRD's banks, in `crd.py`) compare every sample against.
 
-Neither memory is written where the last loss read it, so the loss of a step (forward, update, backward, in either
-enqueue order) keeps a valid autograd graph. The momentum memory is replaced by a new tensor at every update. The
-FIFO ring alternates between two buffers: an update writes into the one the previous step read, whose backward is
-done by then, and brings it up to date with the previous update's rows too (2 × batch rows written, instead of a
-copy of all `size` keys: at 16384 × 128 that copy cost 0.3–1 ms of every step on 2 CPU cores). A graph kept alive
-across two updates would see its memory change: autograd then refuses the backward ("modified by an inplace
-operation"), nothing is silently wrong.
+Neither memory, nor CRD's banks, is ever written where a live autograd graph or any other holder can see it, so a
+loss that still holds an earlier memory is never invalidated by an update, whichever order enqueue and loss run in.
+Each memory keeps two buffers (`TrailingBuffer`): an update writes into the one the previous step read, once its
+backward has released it, and brings it up to date with the previous update's rows too: 2 × batch rows written
+instead of a copy of the whole memory (16384 × 128 for the FIFO ring, 0.3–1 ms of every step on 2 CPU cores; N ×
+128 per bank for the momentum memory and CRD). When something still holds that buffer (a graph not yet
+backpropagated, a view, another name), the update copies the memory as a fresh tensor instead, as it always did.
 Both are deterministic functions of a seed and of the keys they receive: under data parallelism every process
 feeds them the keys gathered from all processes, so every process holds the identical memory.
 
@@ -17,12 +17,14 @@ data-dependent is read back. Index ranges are checked with asynchronous asserts 
 
 from __future__ import annotations
 
+import sys
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["FifoMemory", "MomentumMemory", "build_memory", "momentum_update", "first_occurrence", "check_index_range",
-           "MEMORY_TYPES"]
+__all__ = ["FifoMemory", "MomentumMemory", "build_memory", "momentum_update", "momentum_rows", "first_occurrence",
+           "check_index_range", "TrailingBuffer", "MEMORY_TYPES"]
 
 MEMORY_TYPES = ("fifo", "momentum")
 
@@ -63,11 +65,12 @@ def first_occurrence(indices: torch.Tensor) -> torch.Tensor:
     return first
 
 
-def momentum_update(memory: torch.Tensor, keys: torch.Tensor, indices: torch.Tensor, momentum: float) -> torch.Tensor:
-    """A new bank with rows `indices` set to `normalize(momentum · memory[i] + (1 − momentum) · key)` (out of place).
+def momentum_rows(memory: torch.Tensor, keys: torch.Tensor, indices: torch.Tensor,
+                  momentum: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(indices, rows)`: the rows `normalize(momentum · memory[i] + (1 − momentum) · key)` to write at `indices`.
 
-    With repeated indices (a padded last batch under data parallelism) every copy writes the value computed from
-    the index's first occurrence, so the result does not depend on the order of duplicate writes.
+    With repeated indices (a padded last batch under data parallelism) every copy gets the value computed from the
+    index's first occurrence, so the result does not depend on the order of duplicate writes.
     """
     keys = keys.detach().to(device=memory.device, dtype=memory.dtype)
     indices = indices.detach().to(device=memory.device, dtype=torch.long).reshape(-1)
@@ -76,14 +79,81 @@ def momentum_update(memory: torch.Tensor, keys: torch.Tensor, indices: torch.Ten
             f"keys must be ({indices.numel()}, {memory.shape[1]}) for {indices.numel()} indices, got {tuple(keys.shape)}."
         )
     if indices.numel() == 0:
-        return memory
+        return indices, keys
     check_index_range(indices, memory.shape[0])
     first = first_occurrence(indices)
     blended = F.normalize(momentum * memory.index_select(0, indices) + (1 - momentum) * keys.index_select(0, first), dim=1)
-    return memory.index_copy(0, indices, blended)
+    return indices, blended
 
 
-class _HostCounter(nn.Module):
+def momentum_update(memory: torch.Tensor, keys: torch.Tensor, indices: torch.Tensor, momentum: float) -> torch.Tensor:
+    """A new bank with rows `indices` set to `normalize(momentum · memory[i] + (1 − momentum) · key)` (out of place)."""
+    indices, rows = momentum_rows(memory, keys, indices, momentum)
+    return memory.index_copy(0, indices, rows) if indices.numel() else memory
+
+
+class TrailingBuffer:
+    """The second buffer of a memory, one update behind: `write` puts rows into it and returns it as the new memory.
+
+    `write(current, positions, rows)` first replays the previous write (the rows this buffer lacks), then writes
+    `rows`, and keeps `current` (which the last loss may still read) as the buffer for the next write. It starts
+    again from a copy of `current` whenever `current` is not the tensor it returned last (the first write, a moved,
+    converted or assigned memory), after `reset` (a loaded state dict, copied in place), and whenever anything else
+    still holds the spare buffer (`_held_elsewhere`).
+    """
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        self.spare: torch.Tensor | None = None
+        self.last: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.owner: torch.Tensor | None = None
+
+    def _held_elsewhere(self) -> bool:
+        """Whether anything besides this object holds the spare buffer: an autograd graph that saved it or a view of
+        it (a loss not yet backpropagated), a view, another Python name. Read from reference counts (PyTorch's
+        private counters: where they cannot be read, the buffer counts as held)."""
+        spare = self.spare  # references here: self.spare, `spare`, getrefcount's argument
+        try:
+            return (sys.getrefcount(spare) > 3 or spare._use_count() > 1
+                    or torch._C._storage_Use_Count(spare.untyped_storage()._cdata) > 2)  # + the temporary wrapper
+        except (AttributeError, RuntimeError, TypeError):
+            return True
+
+    def write(self, current: torch.Tensor, positions: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        if self.owner is not current or self.spare is None or self._held_elsewhere():
+            self.spare, self.last = current.clone(), None
+        spare = self.spare
+        if self.last is not None:
+            spare.index_copy_(0, *self.last)
+        spare.index_copy_(0, positions, rows)
+        self.spare, self.last, self.owner = current, (positions, rows.clone()), spare
+        return spare
+
+
+class _DoubleBuffered(nn.Module):
+    """Writes rows of its buffers through `TrailingBuffer`s (see the module docstring)."""
+
+    def _write_rows(self, name: str, positions: torch.Tensor, rows: torch.Tensor) -> None:
+        """Buffer `name` with `rows` at `positions`, written into its trailing buffer, which becomes the buffer."""
+        trailing = self.__dict__.setdefault("_trailing_buffers", {}).setdefault(name, TrailingBuffer())
+        setattr(self, name, trailing.write(getattr(self, name), positions, rows))
+
+    def _reset_trailing(self) -> None:
+        for trailing in self.__dict__.get("_trailing_buffers", {}).values():
+            trailing.reset()
+
+    def _apply(self, fn, recurse=True):
+        self._reset_trailing()  # moved or converted: the spare buffers would stay behind
+        return super()._apply(fn, recurse)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._reset_trailing()  # loaded in place: the spare buffers no longer trail by one update
+
+
+class _HostCounter(_DoubleBuffered):
     """Base of the memories: `num_updates` lives in the state dict and, for the random draws, on the host."""
 
     def __init__(self):
@@ -114,12 +184,6 @@ class FifoMemory(_HostCounter):
         if size < 1 or dim < 1:
             raise ValueError(f"memory size and dim must be >= 1, got size={size}, dim={dim}.")
         self.register_buffer("keys", random_unit_rows(size, dim, seed))
-        # The buffer the next update writes into: `keys` as it was before the last update, whose (positions, keys)
-        # `_last` keeps. Derived state, not saved: when `keys` is not the tensor the last update left there
-        # (`_owner`: a loaded checkpoint, a move to another device, an assignment), it restarts from a copy of `keys`.
-        self.register_buffer("_spare", self.keys.clone(), persistent=False)
-        self._last: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._owner: torch.Tensor | None = self.keys
         self.register_buffer("pointer", torch.zeros((), dtype=torch.long))
         self.register_buffer("num_written", torch.zeros((), dtype=torch.long))
 
@@ -148,21 +212,10 @@ class FifoMemory(_HostCounter):
         skipped = max(n - self.size, 0)
         keys = keys[skipped:]
         positions = (self.pointer + skipped + torch.arange(keys.shape[0], device=keys.device)) % self.size
-        spare = self._spare
-        if self._owner is not self.keys:  # `keys` was replaced from outside (assigned, moved, loaded)
-            spare, self._last = self.keys.clone(), None
-        if self._last is not None:  # first the rows the previous update wrote into the other buffer
-            spare.index_copy_(0, *self._last)
-        spare.index_copy_(0, positions, keys)
-        self._spare, self.keys = self.keys, spare
-        self._last, self._owner = (positions, keys.clone()), spare
+        self._write_rows("keys", positions, keys)
         self.pointer = (self.pointer + n) % self.size
         self.num_written = self.num_written + n
         self._count_update()
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        self._owner = None  # loaded in place: the spare buffer no longer trails `keys` by the last update
 
 
 class MomentumMemory(_HostCounter):
@@ -223,7 +276,7 @@ class MomentumMemory(_HostCounter):
         indices = indices.detach().to(device=self.keys.device, dtype=torch.long).reshape(-1)
         if indices.numel() == 0:
             return
-        self.keys = momentum_update(self.keys, keys, indices, self.momentum)
+        self._write_rows("keys", *momentum_rows(self.keys, keys, indices, self.momentum))
         self.written = self.written.index_fill(0, indices, True)
         self._count_update()
 

@@ -35,7 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .base import DistillationMethod, MethodContext, float32_math
-from .memory import _DoubleBuffered, check_index_range, momentum_rows
+from .memory import DoubleBuffered, check_index_range, momentum_rows
 from .registry import register_method
 from .rrd import check_temperature
 from .similarity import memory_similarities
@@ -126,7 +126,7 @@ def _mix_seed(*values: int) -> int:
     return seed
 
 
-class CRDMemory(_DoubleBuffered):
+class CRDMemory(DoubleBuffered):
     """The two banks, the normalisers and the seeded sampler of negatives.
 
     Buffers (all in the state dict): `student_bank`, `teacher_bank` (N, D), initialised uniform in

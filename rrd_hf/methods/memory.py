@@ -24,7 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 __all__ = ["FifoMemory", "MomentumMemory", "build_memory", "momentum_update", "momentum_rows", "first_occurrence",
-           "check_index_range", "TrailingBuffer", "MEMORY_TYPES"]
+           "check_index_range", "TrailingBuffer", "DoubleBuffered", "MEMORY_TYPES"]
 
 MEMORY_TYPES = ("fifo", "momentum")
 
@@ -132,7 +132,7 @@ class TrailingBuffer:
         return spare
 
 
-class _DoubleBuffered(nn.Module):
+class DoubleBuffered(nn.Module):
     """Writes rows of its buffers through `TrailingBuffer`s (see the module docstring)."""
 
     def _write_rows(self, name: str, positions: torch.Tensor, rows: torch.Tensor) -> None:
@@ -153,7 +153,7 @@ class _DoubleBuffered(nn.Module):
         self._reset_trailing()  # loaded in place: the spare buffers no longer trail by one update
 
 
-class _HostCounter(_DoubleBuffered):
+class _HostCounter(DoubleBuffered):
     """Base of the memories: `num_updates` lives in the state dict and, for the random draws, on the host."""
 
     def __init__(self):

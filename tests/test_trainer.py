@@ -376,3 +376,15 @@ def test_logged_loss_terms_are_the_means_of_each_step_since_the_last_log(tmp_pat
         for name, values in per_step.items():
             assert log[name] == pytest.approx(sum(values[steps]) / 3, rel=1e-6), (log["step"], name)
     assert set(kept) == {3}  # loss_ce, loss_kd, loss_rrd: one sum each, however many steps since the log
+
+
+def test_floating_point_ops_is_the_trainers_estimate(tmp_path):
+    trainer = make_trainer(tmp_path, max_steps=2)
+    batch = {"pixel_values": torch.zeros(5, 3, 8, 8), "labels": torch.zeros(5, dtype=torch.long)}
+    expected = 6 * batch["pixel_values"].numel() * trainer.model.num_parameters(exclude_embeddings=True)
+    assert trainer.floating_point_ops(batch) == expected == trainer.floating_point_ops(batch)
+    assert trainer.floating_point_ops({"labels": batch["labels"]}) == 0
+    trainer.train()  # two full batches: Trainer sums the estimate of each
+    image = trainer.train_dataset[0]["pixel_values"]
+    assert trainer.state.total_flos == 2 * 6 * trainer.args.per_device_train_batch_size * image.numel() * \
+        trainer.model.num_parameters(exclude_embeddings=True)

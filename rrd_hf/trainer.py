@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
-from transformers import PreTrainedModel, Trainer, TrainerCallback
+from transformers import PreTrainedModel, Trainer
 
 from .checkpoints import (
     DISTILL_STATE_NAME,
@@ -39,36 +39,12 @@ from .stages import Stage, init_stages, set_student_mode, stage_training
 from .student import name_classes_from_data, processor_matching_data
 from .teacher import (ImageStats, build_teacher_input_adapter, check_same_labels, fold_teacher_batch_norms, freeze_teacher,
                       image_stats_from_processor, resolve_teacher)
+from .trainer_callback import BookkeepingCallback
 
 __all__ = ["RRDTrainer", "DISTILL_STATE_NAME"]
 
 logger = logging.getLogger(__name__)
 _BATCH_ONLY_KEYS = ("labels", "index")
-
-
-class _RunCallback(TrainerCallback):
-    """The trainer's own bookkeeping at Trainer's hook points (see each method)."""
-
-    def __init__(self, trainer: "RRDTrainer"):
-        self.trainer = trainer
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        trainer = self.trainer
-        trainer.methods.train()
-        trainer.guard.reset(state.global_step)
-        if trainer.stage is None and trainer.init_stage_history and not any(
-                "init_stage_loss" in log for log in state.log_history):
-            state.log_history[:0] = [dict(log) for log in trainer.init_stage_history]
-
-    def on_epoch_begin(self, args, state, control, **kwargs):
-        self.trainer.begin_epoch(state.global_step)
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        # Trainer zeroes only the student's gradients: the methods' would accumulate across optimizer steps.
-        self.trainer.methods.zero_grad(set_to_none=True)
-
-    def on_pre_optimizer_step(self, args, state, control, **kwargs):
-        self.trainer.check_finite_before_step()
 
 
 class RRDTrainer(HubMixin, Trainer):
@@ -195,7 +171,7 @@ class RRDTrainer(HubMixin, Trainer):
         self._augmentation_epoch = 0
         if self.loss_terms and train_dataset is not None:
             self._build_methods(train_dataset)
-        self.run_callback = _RunCallback(self)
+        self.run_callback = BookkeepingCallback(self)
         self.add_callback(self.run_callback)
 
     # ----------------------------------------------------------------------------------------------- construction

@@ -7,6 +7,8 @@ backward has released it, and brings it up to date with the previous update's ro
 instead of a copy of the whole memory (16384 × 128 for the FIFO ring, 0.3–1 ms of every step on 2 CPU cores; N ×
 128 per bank for the momentum memory and CRD). When something still holds that buffer (a graph not yet
 backpropagated, a view, another name), the update copies the memory as a fresh tensor instead, as it always did.
+So write a memory only through `update` or `load_state_dict` (assigning a new tensor is also fine): an in-place
+edit of the current buffer would be lost at the next update, which starts from the spare.
 Both are deterministic functions of a seed and of the keys they receive: under data parallelism every process
 feeds them the keys gathered from all processes, so every process holds the identical memory.
 

@@ -31,7 +31,8 @@ def _add_residual_and_relu(block: nn.Module, preact: torch.Tensor, residual: tor
 
 
 class BasicBlock(nn.Module):
-    """Returns ``(out, preact)``, so a stage can hand out its pre-ReLU output without a second pass."""
+    """Returns ``(out, preact)``, so a stage can hand out its pre-ReLU output without a second pass; ``preact`` is
+    None when the caller passes ``keep_preact=False`` and no hook observes the block (the ReLU then runs in place)."""
 
     expansion = 1
 
@@ -50,7 +51,8 @@ class BasicBlock(nn.Module):
 
 
 class Bottleneck(nn.Module):
-    """Returns ``(out, preact)``. Kept because the reference ResNet class supports it (depth 9n+2)."""
+    """Returns ``(out, preact)`` as `BasicBlock` does. Kept because the reference ResNet class supports it (depth
+    9n+2)."""
 
     expansion = 4
 

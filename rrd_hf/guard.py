@@ -61,14 +61,22 @@ class FiniteGuard:
             self.max_pixel = torch.where(self.tripped, self.max_pixel, magnitude)
         self._record("loss", list(terms), torch.stack([value.detach().float().reshape(()) for value in terms.values()]))
 
+    def check_gradients(self, modules: dict[str, nn.Module]) -> torch.Tensor | None:
+        """Record the norm of every gradient of `modules` before this step's update; returns those norms, in the order
+        of `modules` and their parameters (None without gradients). `check_step(..., check_gradients=False)` then
+        completes the step."""
+        named = [(f"{prefix}.{name}" if prefix else name, p.grad)
+                 for prefix, module in modules.items() for name, p in module.named_parameters() if p.grad is not None]
+        if not named:
+            return None
+        norms = torch.stack(torch._foreach_norm([grad for _, grad in named]))
+        self._record("gradient", [name for name, _ in named], norms)
+        return norms
+
     def check_step(self, modules: dict[str, nn.Module], check_gradients: bool = True) -> torch.Tensor:
         """Gradients and BatchNorm statistics before an optimizer step; returns the step's flag (`found_inf`)."""
         if check_gradients:
-            named = [(f"{prefix}.{name}" if prefix else name, p.grad)
-                     for prefix, module in modules.items() for name, p in module.named_parameters() if p.grad is not None]
-            if named:
-                norms = torch._foreach_norm([grad for _, grad in named])
-                self._record("gradient", [name for name, _ in named], torch.stack(norms))
+            self.check_gradients(modules)
         buffers = [(f"{prefix}.{name}" if prefix else name, buffer)
                    for prefix, module in modules.items() for name, buffer in module.named_buffers()
                    if buffer.is_floating_point() and name.rsplit(".", 1)[-1] in ("running_mean", "running_var")]

@@ -11,6 +11,7 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from accelerate.utils import DistributedType
 from torch.nn.parallel import DistributedDataParallel
 from transformers import PreTrainedModel, Trainer
 
@@ -338,8 +339,9 @@ class RRDTrainer(HubMixin, Trainer):
         if not self.args.check_finite:
             return
         scaler = getattr(self.accelerator, "scaler", None)
+        checked = self.__dict__.pop("_gradients_checked", False)  # by `_get_grad_norm`, just before
         modules = {"": self.model, **dict(self.methods.items())}
-        flag = self.guard.check_step(modules, check_gradients=scaler is None)  # fp16: GradScaler skips inf steps
+        flag = self.guard.check_step(modules, check_gradients=scaler is None and not checked)  # fp16: GradScaler skips inf steps
         optimizer = getattr(self.optimizer, "optimizer", self.optimizer)
         if self.guard.defers and scaler is None:
             optimizer.found_inf = flag.float()  # the fused step becomes a no-op on the device; raised at the next sync
@@ -445,6 +447,19 @@ class RRDTrainer(HubMixin, Trainer):
         if self.args.decay_all_parameters:
             return [name for name, _ in model.named_parameters()]
         return super().get_decay_parameter_names(model)
+
+    def _get_grad_norm(self, model, grad_norm=None):
+        """Trainer's logged norm of the student's gradients, from the norms the NaN guard reads before every step
+        anyway where it does (no clipping, no GradScaler, one device or DDP): one pass over the gradients, not two."""
+        plain = self.accelerator.distributed_type in (DistributedType.NO, DistributedType.MULTI_CPU,
+                                                      DistributedType.MULTI_GPU)
+        if (grad_norm is None and plain and self.args.check_finite and getattr(self.accelerator, "scaler", None) is None
+                and not getattr(self, "_has_mixed_mesh_grads", lambda m: False)(model)):
+            norms = self.guard.check_gradients({"": self.model, **dict(self.methods.items())})
+            self._gradients_checked = True
+            if norms is not None:  # the student's parameters come first
+                return torch.linalg.vector_norm(norms[:sum(p.grad is not None for p in self.model.parameters())])
+        return super()._get_grad_norm(model, grad_norm)
 
     def _clip_grad_norm(self, model):
         if not len(self.methods):

@@ -334,3 +334,17 @@ def test_a_half_written_checkpoint_is_skipped_by_latest_and_refused_by_name(tmp_
         train_main([str(path), "--output_dir", str(out), "--resume_from_checkpoint", str(broken)])
     results = train_main([str(path), "--output_dir", str(out), "--resume_from_checkpoint", "latest"])
     assert results["global_step"] == 8  # checkpoint-2 was the newest complete one
+
+
+@pytest.mark.parametrize("max_grad_norm", [0.0, 1.0])  # the guard reads the norms for the logged grad_norm / after clipping
+def test_a_non_finite_gradient_alone_stops_the_run_before_its_step(tmp_path, max_grad_norm):
+    args = RRDConfig(output_dir=str(tmp_path), max_steps=6, per_device_train_batch_size=8, memory_size=16,
+                     kd_weight=1.0, max_grad_norm=max_grad_norm, save_strategy="no", logging_steps=1, use_cpu=True,
+                     report_to="none", disable_tqdm=True, train_sampling_strategy="sequential")
+    trainer = RRDTrainer(model=tiny_model(seed=1), teacher_model=tiny_model(width=16, seed=2), args=args,
+                         train_dataset=TinyImageDataset(48, with_index=True))
+    calls = []
+    trainer.model.conv1.weight.register_hook(lambda grad: calls.append(1) or (grad * float("inf") if len(calls) == 3 else grad))
+    with pytest.raises(NonFiniteError, match=r"the gradients? .*conv1\.weight is (inf|nan).* at step 3"):
+        trainer.train()
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())  # the bad step was never applied

@@ -388,3 +388,19 @@ def test_floating_point_ops_is_the_trainers_estimate(tmp_path):
     image = trainer.train_dataset[0]["pixel_values"]
     assert trainer.state.total_flos == 2 * 6 * trainer.args.per_device_train_batch_size * image.numel() * \
         trainer.model.num_parameters(exclude_embeddings=True)
+
+
+@pytest.mark.parametrize("check_finite", [True, False])
+def test_logged_grad_norm_is_the_students_gradient_norm(tmp_path, check_finite):
+    """Without clipping (the recipes' max_grad_norm 0), the logged grad_norm is Trainer's: the norm of the student's
+    gradients alone, not the heads', read here before each update. With the NaN guard on it comes from the guard's
+    per-gradient norms, which must not change it."""
+    trainer = make_trainer(tmp_path, max_steps=3, logging_steps=1, kd_weight=1.0, check_finite=check_finite,
+                           max_grad_norm=0.0)
+    expected = []
+    trainer.add_callback(type("Read", (TrainerCallback,), {"on_pre_optimizer_step": lambda self, *a, **k: expected.append(
+        sum(float(p.grad.double().square().sum()) for p in trainer.model.parameters() if p.grad is not None) ** 0.5)})())
+    trainer.train()
+    logged = [log["grad_norm"] for log in trainer.state.log_history if "grad_norm" in log]
+    assert len(logged) == len(expected) == 3
+    assert logged == pytest.approx(expected, rel=1e-5)

@@ -64,12 +64,17 @@ class _UseCounter(TorchFunctionMode):
 
 def foldable_pairs(model: nn.Module, run: Callable[[nn.Module], object]) -> list[tuple[str, str]]:
     """`(convolution name, BatchNorm name)` pairs of `model` that can be folded, found by one forward `run(model)`."""
+    return _trace(model, run)[0]
+
+
+def _trace(model: nn.Module, run: Callable[[nn.Module], object]) -> tuple[list[tuple[str, str]], object]:
+    """The foldable pairs and the outputs of the traced forward (None when nothing could be folded, untraced)."""
     names = {module: name for name, module in model.named_modules()}
     convs = {m for m in names if isinstance(m, _CONVS) and _plain(m) and m.weight.dtype in (torch.float32, torch.float64)}
     norms = {m for m in names if isinstance(m, _NORMS) and _plain(m) and not m.training
              and m.running_mean is not None and m.running_var is not None}
     if not convs or not norms:
-        return []
+        return [], None
     counter = _UseCounter()
     produced: dict[int, nn.Module] = {}  # id of a convolution's output -> that convolution
     consumed: list[tuple[nn.Module, torch.Tensor]] = []  # (BatchNorm, its input)
@@ -101,7 +106,7 @@ def foldable_pairs(model: nn.Module, run: Callable[[nn.Module], object]) -> list
                 or id(tensor) in returned or conv.out_channels != norm.num_features):
             continue  # not conv -> BN only, a module used twice, the output used elsewhere or returned
         pairs.append((names[conv], names[norm]))
-    return pairs
+    return pairs, outputs
 
 
 def _tensors(outputs) -> list[torch.Tensor]:
@@ -173,8 +178,9 @@ def _same_outputs(expected, actual) -> tuple[bool, float]:
 def fold_batch_norms(model: nn.Module, run: Callable[[nn.Module], object]) -> tuple[nn.Module, list[str]]:
     """`model` with its foldable eval-mode BatchNorms folded (a shallow copy; `model` itself is unchanged), and the
     names of the folded BatchNorms. `run(module)` makes the forward call the model is used with (same inputs' shape,
-    same keyword arguments); it is called three times, without gradients."""
-    pairs = foldable_pairs(model, run)
+    same keyword arguments); it is called twice, without gradients: traced on `model`, then on the folded copy,
+    whose outputs are compared with the traced ones."""
+    pairs, expected = _trace(model, run)
     if not pairs:
         return model, []
     replacements = {}
@@ -183,7 +189,7 @@ def fold_batch_norms(model: nn.Module, run: Callable[[nn.Module], object]) -> tu
         replacements[norm_name] = nn.Identity()
     folded = _replace(model, replacements)
     with torch.no_grad():
-        expected, actual = run(model), run(folded)
+        actual = run(folded)
     same, worst = _same_outputs(expected, actual)
     if not same:
         logger.warning("folding %d BatchNorms into their convolutions changed the teacher's outputs (largest relative "

@@ -44,6 +44,7 @@ class FiniteGuard:
         self.first_step = torch.full((), -1, dtype=torch.long, device=self.device)
         self.records: dict[str, tuple[list[str], torch.Tensor]] = {}
         self.max_pixel = torch.zeros((), device=self.device)
+        self.gradients_read = False  # by `check_gradients` since the last `check_step`
 
     def _record(self, kind: str, names: list[str], values: torch.Tensor) -> None:
         values = values.detach().float().reshape(-1)
@@ -63,8 +64,8 @@ class FiniteGuard:
 
     def check_gradients(self, modules: dict[str, nn.Module]) -> torch.Tensor | None:
         """Record the norm of every gradient of `modules` before this step's update; returns those norms, in the order
-        of `modules` and their parameters (None without gradients). `check_step(..., check_gradients=False)` then
-        completes the step."""
+        of `modules` and their parameters (None without gradients). The step's `check_step` then reads them once."""
+        self.gradients_read = True
         named = [(f"{prefix}.{name}" if prefix else name, p.grad)
                  for prefix, module in modules.items() for name, p in module.named_parameters() if p.grad is not None]
         if not named:
@@ -75,8 +76,9 @@ class FiniteGuard:
 
     def check_step(self, modules: dict[str, nn.Module], check_gradients: bool = True) -> torch.Tensor:
         """Gradients and BatchNorm statistics before an optimizer step; returns the step's flag (`found_inf`)."""
-        if check_gradients:
+        if check_gradients and not self.gradients_read:
             self.check_gradients(modules)
+        self.gradients_read = False
         buffers = [(f"{prefix}.{name}" if prefix else name, buffer)
                    for prefix, module in modules.items() for name, buffer in module.named_buffers()
                    if buffer.is_floating_point() and name.rsplit(".", 1)[-1] in ("running_mean", "running_var")]

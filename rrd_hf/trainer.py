@@ -339,14 +339,15 @@ class RRDTrainer(HubMixin, Trainer):
         if not self.args.check_finite:
             return
         scaler = getattr(self.accelerator, "scaler", None)
-        checked = self.__dict__.pop("_gradients_checked", False)  # by `_get_grad_norm`, just before
-        modules = {"": self.model, **dict(self.methods.items())}
-        flag = self.guard.check_step(modules, check_gradients=scaler is None and not checked)  # fp16: GradScaler skips inf steps
+        flag = self.guard.check_step(self._guarded_modules(), check_gradients=scaler is None)  # fp16: GradScaler skips inf steps
         optimizer = getattr(self.optimizer, "optimizer", self.optimizer)
         if self.guard.defers and scaler is None:
             optimizer.found_inf = flag.float()  # the fused step becomes a no-op on the device; raised at the next sync
         else:
             self.guard.raise_if_tripped()
+
+    def _guarded_modules(self) -> dict[str, nn.Module]:
+        return {"": self.model, **dict(self.methods.items())}  # the student's parameters first
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if self.args.check_finite:
@@ -455,8 +456,7 @@ class RRDTrainer(HubMixin, Trainer):
                                                       DistributedType.MULTI_GPU)
         if (grad_norm is None and plain and self.args.check_finite and getattr(self.accelerator, "scaler", None) is None
                 and not getattr(self, "_has_mixed_mesh_grads", lambda m: False)(model)):
-            norms = self.guard.check_gradients({"": self.model, **dict(self.methods.items())})
-            self._gradients_checked = True
+            norms = self.guard.check_gradients(self._guarded_modules())  # `check_step` does not read them again
             if norms is not None:  # the student's parameters come first
                 return torch.linalg.vector_norm(norms[:sum(p.grad is not None for p in self.model.parameters())])
         return super()._get_grad_norm(model, grad_norm)
@@ -488,7 +488,7 @@ class RRDTrainer(HubMixin, Trainer):
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
         if self.args.check_finite:  # never save what a non-finite step produced
             self.guard.raise_if_tripped()
-            self.guard.check_weights({"": self.model, **dict(self.methods.items())}, self.state.global_step)
+            self.guard.check_weights(self._guarded_modules(), self.state.global_step)
         return super().save_model(output_dir, _internal_call)
 
     def _save_checkpoint(self, model, trial):

@@ -137,13 +137,17 @@ class TrailingBuffer:
 class DoubleBuffered(nn.Module):
     """Writes rows of its buffers through `TrailingBuffer`s (see the module docstring)."""
 
+    def __init__(self):
+        super().__init__()
+        self._trailing_buffers: dict[str, TrailingBuffer] = {}
+
     def _write_rows(self, name: str, positions: torch.Tensor, rows: torch.Tensor) -> None:
         """Buffer `name` with `rows` at `positions`, written into its trailing buffer, which becomes the buffer."""
-        trailing = self.__dict__.setdefault("_trailing_buffers", {}).setdefault(name, TrailingBuffer())
+        trailing = self._trailing_buffers.setdefault(name, TrailingBuffer())
         setattr(self, name, trailing.write(getattr(self, name), positions, rows))
 
     def _reset_trailing(self) -> None:
-        for trailing in self.__dict__.get("_trailing_buffers", {}).values():
+        for trailing in self._trailing_buffers.values():
             trailing.reset()
 
     def _apply(self, fn, recurse=True):

@@ -30,3 +30,56 @@ def test_side_by_side_quick_runs_both_sides_and_says_where_rrd_hf_images_came_fr
     assert all(run["train_images_from"] is None for run in runs if run["side"] == "plain")
     assert "images from decoding" in result.stdout and "images from cache" in result.stdout
     assert any(row.get("vs_plain_wall") for row in report["summary"])
+
+
+def _teacher_cache_module():
+    import importlib.util
+
+    sys.path.insert(0, str(REPO / "benchmarks"))  # its json_output helper
+    spec = importlib.util.spec_from_file_location("teacher_cache", REPO / "benchmarks" / "teacher_cache.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_teacher_cache_counts_repeated_views_as_a_set_of_seen_views_would():
+    """The benchmark's vectorised count against a Python set of (sample, top, left, flip) built one sample at a time."""
+    from rrd_hf.data.augmentation import augmentation_params
+
+    module = _teacher_cache_module()
+    samples, epochs, seed = 40, 60, 3
+    hits, entries = module.view_hits(samples, epochs, seed=seed, padding=1)  # 18 views: repeats come early
+    seen, expected = set(), []
+    for epoch in range(epochs):
+        repeated = 0
+        for index in range(samples):
+            top, left, flip = (int(v) for v in augmentation_params(seed, epoch, [index], padding=1))
+            repeated += (index, top, left, flip) in seen
+            seen.add((index, top, left, flip))
+        expected.append(repeated)
+    assert hits == expected and entries == len(seen)
+    assert sum(expected) > 0  # the comparison saw repeats
+
+
+def test_teacher_cache_hit_rate_is_what_independent_uniform_views_give():
+    """Over 240 epochs with 162 views, independent uniform draws repeat 1 − 162·(1 − (1 − 1/162)^240)/240 = 47.8%
+    of the views (from the expected number of distinct values among 240 uniform draws): rrd_hf's stateless
+    augmentation must behave so across epochs for the benchmark's (and README's) hit rate to mean anything."""
+    module = _teacher_cache_module()
+    samples, epochs, views = 20000, 240, 162
+    hits, entries = module.view_hits(samples, epochs)
+    expected_distinct = views * (1 - (1 - 1 / views) ** epochs)
+    assert abs(entries / samples - expected_distinct) < 0.2  # 125.3 per sample; sd of the mean ~0.03
+    assert abs(sum(hits) / (samples * epochs) - (1 - expected_distinct / epochs)) < 0.002
+    assert hits[0] == 0 and hits[-1] > hits[len(hits) // 2] > hits[1]
+
+
+def test_teacher_cache_benchmark_runs_and_reports(tmp_path, capsys):
+    module = _teacher_cache_module()
+    out = tmp_path / "cache.json"
+    result = module.main(["--teacher", "resnet8", "--student", "resnet8", "--num-samples", "300", "--epochs", "30",
+                          "--batch-size", "16", "--repeats", "1", "--num-labels", "10", "--json", str(out)])
+    assert json.loads(out.read_text())["entries"] == result["entries"]
+    assert sum(result["hits_per_epoch"]) == 300 * 30 - result["entries"]
+    assert result["teacher_ms_per_step"]["with"] < result["teacher_ms_per_step"]["without"]
+    assert "repeat a view" in capsys.readouterr().out

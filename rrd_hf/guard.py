@@ -62,17 +62,20 @@ class FiniteGuard:
             self.max_pixel = torch.where(self.tripped, self.max_pixel, magnitude)
         self._record("loss", list(terms), torch.stack([value.detach().float().reshape(()) for value in terms.values()]))
 
-    def check_gradients(self, modules: dict[str, nn.Module]) -> torch.Tensor | None:
-        """Record the norm of every gradient of `modules` before this step's update; returns those norms, in the order
-        of `modules` and their parameters (None without gradients). The step's `check_step` then reads them once."""
+    def check_gradients(self, modules: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
+        """Record the norm of every gradient of `modules` before this step's update; returns those norms per module
+        (modules without gradients left out). The step's `check_step` then reads them once."""
         self.gradients_read = True
-        named = [(f"{prefix}.{name}" if prefix else name, p.grad)
-                 for prefix, module in modules.items() for name, p in module.named_parameters() if p.grad is not None]
+        grads = {prefix: [(f"{prefix}.{name}" if prefix else name, p.grad)
+                          for name, p in module.named_parameters() if p.grad is not None]
+                 for prefix, module in modules.items()}
+        named = [pair for pairs in grads.values() for pair in pairs]
         if not named:
-            return None
+            return {}
         norms = torch.stack(torch._foreach_norm([grad for _, grad in named]))
         self._record("gradient", [name for name, _ in named], norms)
-        return norms
+        counts = {prefix: len(pairs) for prefix, pairs in grads.items() if pairs}
+        return dict(zip(counts, torch.split(norms, list(counts.values()))))
 
     def check_step(self, modules: dict[str, nn.Module], check_gradients: bool = True) -> torch.Tensor:
         """Gradients and BatchNorm statistics before an optimizer step; returns the step's flag (`found_inf`)."""

@@ -347,7 +347,7 @@ class RRDTrainer(HubMixin, Trainer):
             self.guard.raise_if_tripped()
 
     def _guarded_modules(self) -> dict[str, nn.Module]:
-        return {"": self.model, **dict(self.methods.items())}  # the student's parameters first
+        return {"": self.model, **dict(self.methods.items())}  # "": the student
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if self.args.check_finite:
@@ -457,8 +457,8 @@ class RRDTrainer(HubMixin, Trainer):
         if (grad_norm is None and plain and self.args.check_finite and getattr(self.accelerator, "scaler", None) is None
                 and not getattr(self, "_has_mixed_mesh_grads", lambda m: False)(model)):
             norms = self.guard.check_gradients(self._guarded_modules())  # `check_step` does not read them again
-            if norms is not None:  # the student's parameters come first
-                return torch.linalg.vector_norm(norms[:sum(p.grad is not None for p in self.model.parameters())])
+            if "" in norms:  # the student's
+                return torch.linalg.vector_norm(norms[""])
         return super()._get_grad_norm(model, grad_norm)
 
     def _clip_grad_norm(self, model):

@@ -88,7 +88,7 @@ import datasets  # noqa: E402,F401
 import transformers  # noqa: E402
 
 import rrd_hf  # noqa: E402,F401
-from rrd_hf.trainer import RRDTrainer  # noqa: E402,F401
+from rrd_hf.training.trainer import RRDTrainer  # noqa: E402,F401
 
 versions = {}
 for name in ("torch", "transformers", "accelerate", "datasets", "huggingface_hub", "safetensors", "numpy", "pyarrow"):

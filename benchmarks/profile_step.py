@@ -138,11 +138,11 @@ class StepCounter:
 
 
 def profile_rrd_hf(spec: dict, args, cuda: bool) -> PartTimer:
-    """Run `rrd_hf.train.main` on the recipe with timing wrappers around the Trainer's step."""
+    """Run `rrd_hf.commands.train.main` on the recipe with timing wrappers around the Trainer's step."""
     import torch
 
-    from rrd_hf.train import main as rrd_hf_train
-    from rrd_hf.trainer import RRDTrainer
+    from rrd_hf.commands.train import main as rrd_hf_train
+    from rrd_hf.training.trainer import RRDTrainer
 
     timer = PartTimer(cuda, not args.no_sync)
     counter = StepCounter(timer, args.warmup, args.steps, args.trace)

@@ -4,11 +4,7 @@ The textbook form (the paper's formula as most code writes it, and rrd_hf's befo
 similarity matrices by the temperature and takes the teacher's distribution as `exp(log_softmax(·))`. rrd_hf's
 `rrd_loss` divides the (B, D) embeddings instead and takes the teacher's `softmax` directly: the same numbers up to
 float rounding (checked here), K/D times less elementwise work on the temperature and one (B, K) pass less.
-Two more entries run rrd_hf's loss with its products with the memory forced onto each CPU path
-(`RRD_HF_CPU_MEMORY_PRODUCT`, `rrd_hf.methods.similarity`): oneDNN's inner product, and `torch.mm` (MKL). rrd_hf
-picks oneDNN on AMD processors only, where MKL runs its AVX2 code; the ratio of the two shows what that choice is
-worth on this machine.
-All run round-robin on the same inputs, rotating which goes first, so machine noise hits them alike; the ratio is
+Both run round-robin on the same inputs, rotating which goes first, so machine noise hits them alike; the ratio is
 per median and per fastest.
 
     python benchmarks/rrd_loss_time.py                       # B 64, K 16384, D 128 (the paper's setting)
@@ -18,7 +14,6 @@ per median and per fastest.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import time
 
@@ -26,10 +21,6 @@ import torch
 import torch.nn.functional as F
 
 from rrd_hf.methods import rrd_loss
-from rrd_hf.methods.similarity import PRODUCT_ENV, cpu_vendor, onednn_preferred
-
-ONEDNN, MATMUL = "rrd_hf, oneDNN", "rrd_hf, matmul"
-FORCED = {ONEDNN: "onednn", MATMUL: "matmul"}
 
 
 def textbook_rrd_loss(z_s, z_t, memory, tau_s, tau_t):
@@ -53,23 +44,13 @@ def main(argv=None):
         return F.normalize(torch.randn(*shape, generator=generator), dim=1).to(device)
 
     z_s, z_t, memory = unit(args.batch_size, args.dim), unit(args.batch_size, args.dim), unit(args.memory_size, args.dim)
-    losses = {"rrd_hf": rrd_loss, "textbook": textbook_rrd_loss, ONEDNN: rrd_loss, MATMUL: rrd_loss}
+    losses = {"rrd_hf": rrd_loss, "textbook": textbook_rrd_loss}
     results, times = {}, {name: [] for name in losses}
-    default_path = "oneDNN" if onednn_preferred() else "matmul"
 
     def step(name):
-        before = os.environ.get(PRODUCT_ENV)
-        if name in FORCED:
-            os.environ[PRODUCT_ENV] = FORCED[name]
-        try:
-            student = z_s.clone().requires_grad_()
-            loss = losses[name](student, z_t, memory, 0.04, 0.1)
-            loss.backward()
-        finally:
-            if before is None:
-                os.environ.pop(PRODUCT_ENV, None)
-            else:
-                os.environ[PRODUCT_ENV] = before
+        student = z_s.clone().requires_grad_()
+        loss = losses[name](student, z_t, memory, 0.04, 0.1)
+        loss.backward()
         if device == "cuda":
             torch.cuda.synchronize()
         return loss.detach(), student.grad
@@ -82,20 +63,16 @@ def main(argv=None):
             if i >= args.warmup:
                 times[name].append(time.perf_counter() - start)
     loss_a, grad_a = results["rrd_hf"]
-    for other in ("textbook", ONEDNN, MATMUL):
-        torch.testing.assert_close(loss_a, results[other][0], rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(grad_a, results[other][1], rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(loss_a, results["textbook"][0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad_a, results["textbook"][1], rtol=1e-4, atol=1e-7)
     print(f"RRD loss, forward + backward, B {args.batch_size}, K {args.memory_size}, D {args.dim}, {device}, "
           f"{torch.get_num_threads()} threads, {args.repeats} round-robin repeats; loss and gradient agree")
-    if device == "cpu":
-        print(f"CPU vendor {cpu_vendor() or 'unknown'}: rrd_hf's products with the memory take {default_path} here")
     median = {name: 1e3 * statistics.median(t) for name, t in times.items()}
     best = {name: 1e3 * min(t) for name, t in times.items()}
     for name in losses:
         print(f"{name:<18} median {median[name]:7.2f} ms  fastest {best[name]:7.2f} ms")
-    for first, other in (("rrd_hf", "textbook"), (ONEDNN, MATMUL)):
-        print(f"{first} / {other}: {median[first] / median[other]:.3f} (median), "
-              f"{best[first] / best[other]:.3f} (fastest)")
+    print(f"rrd_hf / textbook: {median['rrd_hf'] / median['textbook']:.3f} (median), "
+          f"{best['rrd_hf'] / best['textbook']:.3f} (fastest)")
 
 
 if __name__ == "__main__":

@@ -347,7 +347,8 @@ def save_random_teacher(name: str, path: Path, class_names, mean, std, seed: int
     """A randomly initialised zoo teacher with its image processor: the speed of a forward does not need training."""
     import torch
 
-    from rrd_hf.models import build_model, cifar_image_processor, save_pretrained_with_processor
+    from rrd_hf.data import cifar_image_processor, save_pretrained_with_processor
+    from rrd_hf.models import build_model
 
     torch.manual_seed(seed)
     model = build_model(name, num_labels=len(class_names), id2label=dict(enumerate(class_names)))

@@ -66,12 +66,12 @@ def median_ms(function, repeats: int) -> float:
 
 
 def build_teacher(name: str, num_labels: int, batch: torch.Tensor):
-    """The teacher as RRDTrainer runs it: eval mode, no gradients, channels-last, BatchNorms folded."""
-    from rrd_hf.batch_norm_folding import fold_batch_norms
+    """The teacher as RRDTrainer runs it with fold_teacher_batch_norm: eval mode, no gradients, channels-last,
+    BatchNorms folded."""
+    from rrd_hf.classifiers.batch_norm_folding import fold_batch_norms
     from rrd_hf.models import build_model
-    from rrd_hf.teacher import freeze_teacher
 
-    teacher = freeze_teacher(build_model(name, num_labels=num_labels), "cpu", channels_last=True, mixed_precision=None)
+    teacher = build_model(name, num_labels=num_labels).eval().requires_grad_(False).to(memory_format=torch.channels_last)
     with torch.no_grad():  # BatchNorm statistics that are not the identity, as after training
         for module in teacher.modules():
             if isinstance(module, torch.nn.BatchNorm2d):

@@ -1,12 +1,15 @@
-"""Tiny models and datasets for fast CPU tests."""
+"""Tiny models and datasets for fast CPU tests, and what the tests of the distillation methods share."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from transformers import PreTrainedConfig, PreTrainedModel, TrainerCallback
 from transformers.modeling_outputs import ImageClassifierOutputWithNoAttention
+
+from rrd_hf.methods import METHODS, Activations, MethodContext, build_method
 
 
 class TinyConvConfig(PreTrainedConfig):
@@ -77,3 +80,60 @@ class StopAt(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step == self.step:
             control.should_training_stop = True
+
+
+# ------------------------------------------------------------------------------------------------ method tests
+def randn(*shape, seed=0, scale=1.0):
+    generator = torch.Generator().manual_seed(seed)
+    return (torch.randn(*shape, generator=generator, dtype=torch.float64) * scale).float()
+
+
+def approx(value, expected, rel=1e-4, abs=1e-6):
+    value = value.detach() if isinstance(value, torch.Tensor) else value
+    expected = expected.detach() if isinstance(expected, torch.Tensor) else expected
+    return pytest.approx(float(expected), rel=rel, abs=abs) == float(value)
+
+
+def tiny_outputs(features):
+    return Activations(logits=torch.zeros(features.shape[0], 3), features=features)
+
+
+def tiny_context(s_dim=6, t_dim=5, **kwargs):
+    return MethodContext(tiny_outputs(torch.zeros(2, s_dim)), tiny_outputs(torch.zeros(2, t_dim)), **kwargs)
+
+
+_EXAMPLES = {}
+
+
+@pytest.fixture(scope="module")
+def zoo():
+    """resnet8 (the student), resnet32 and wrn_16_2 (teachers) of rrd_hf's zoo, 10 classes; import it into a test
+    module to use it there."""
+    from rrd_hf.models import build_model
+
+    torch.manual_seed(0)
+    _EXAMPLES.clear()
+    return {name: build_model(name, 10) for name in ("resnet8", "resnet32", "wrn_16_2")}
+
+
+def zoo_outputs(model, x, preact, grad):
+    with torch.set_grad_enabled(grad):
+        return Activations.from_model_output(model(x, output_hidden_states=True, preact=preact))
+
+
+def zoo_example(zoo, model_name, preact):
+    """Example outputs of a dummy forward (eval, no grad) on 2x3x32x32, cached per model and preact."""
+    key = (model_name, preact)
+    if key not in _EXAMPLES:
+        x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+        _EXAMPLES[key] = zoo_outputs(zoo[model_name].eval(), x, preact, grad=False)
+    return _EXAMPLES[key]
+
+
+def build_on_zoo(zoo, name, teacher_name, **kwargs):
+    """Method `name` built for resnet8 as the student and `teacher_name` as the teacher."""
+    cls = METHODS[name]
+    s_example = zoo_example(zoo, "resnet8", cls.needs_preact)
+    t_example = zoo_example(zoo, teacher_name, cls.needs_preact)
+    context = MethodContext(s_example, t_example, num_samples=50 if cls.uses_index(kwargs) else None)
+    return build_method(name, context, **kwargs)

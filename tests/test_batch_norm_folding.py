@@ -13,8 +13,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from helpers import TinyImageDataset, tiny_model
-from rrd_hf import RRDConfig, RRDTrainer, batch_norm_folding
-from rrd_hf.batch_norm_folding import fold_batch_norms, foldable_pairs
+from rrd_hf import RRDConfig, RRDTrainer
+from rrd_hf.classifiers import batch_norm_folding
+from rrd_hf.classifiers.batch_norm_folding import fold_batch_norms, foldable_pairs
 from rrd_hf.models import MODEL_NAMES, build_model
 
 
@@ -167,7 +168,7 @@ def test_a_fold_that_changes_the_outputs_is_dropped_with_a_warning(monkeypatch, 
         return folded
 
     monkeypatch.setattr(batch_norm_folding, "_folded_conv", wrong)
-    with caplog.at_level(logging.WARNING, logger="rrd_hf.batch_norm_folding"):
+    with caplog.at_level(logging.WARNING, logger="rrd_hf.classifiers.batch_norm_folding"):
         folded, names = fold_batch_norms(model, lambda m: m(images(size=8)))
     assert folded is model and names == []
     assert "changed the teacher's outputs" in caplog.text
@@ -199,29 +200,29 @@ def make_trainer(tmp_path, teacher, **overrides):
 def test_the_trainer_folds_the_teacher_and_trains_as_with_the_unfolded_one(tmp_path):
     teacher = randomise_statistics(tiny_model(width=16, seed=2))
     before = copy.deepcopy(teacher.state_dict())
-    folded = make_trainer(tmp_path / "a", teacher)
-    assert isinstance(folded.teacher.bn1, nn.Identity) and folded.teacher.conv1.bias is not None
+    folded = make_trainer(tmp_path / "a", teacher, fold_teacher_batch_norm=True)
+    assert isinstance(folded.teacher.model.bn1, nn.Identity) and folded.teacher.model.conv1.bias is not None
     assert isinstance(teacher.bn1, nn.BatchNorm2d)  # the module the user passed
-    plain = make_trainer(tmp_path / "b", teacher, fold_teacher_batch_norm=False)
-    assert plain.teacher is teacher
+    plain = make_trainer(tmp_path / "b", teacher)  # the default: unfolded
+    assert plain.teacher.model is teacher
     folded.train()
     plain.train()
     losses = [[entry["loss"] for entry in t.state.log_history if "loss" in entry] for t in (folded, plain)]
     assert len(losses[0]) == 3
     assert losses[0] == pytest.approx(losses[1], rel=1e-4)
     assert all(torch.equal(teacher.state_dict()[k], v) for k, v in before.items())
-    assert not folded.teacher.training
+    assert not folded.teacher.model.training
 
 
 def test_bf16_teachers_are_not_folded(tmp_path):
     teacher = randomise_statistics(tiny_model(width=16, seed=2))
-    trainer = make_trainer(tmp_path, teacher, bf16=True)
-    assert isinstance(trainer.teacher.bn1, nn.BatchNorm2d)
+    trainer = make_trainer(tmp_path, teacher, bf16=True, fold_teacher_batch_norm=True)
+    assert isinstance(trainer.teacher.model.bn1, nn.BatchNorm2d)
 
 
 def test_a_teacher_with_a_nan_statistic_is_left_unfolded_and_said_so(caplog):
     model = randomise_statistics(Chain())
     model.norm.running_var[0] = float("nan")
-    with caplog.at_level(logging.WARNING, logger="rrd_hf.batch_norm_folding"):
+    with caplog.at_level(logging.WARNING, logger="rrd_hf.classifiers.batch_norm_folding"):
         folded, names = fold_batch_norms(model, lambda m: m(images(size=8)))
     assert folded is model and names == [] and "not finite" in caplog.text

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from helpers import TinyImageDataset, tiny_model
-from rrd_hf.cli import COMMANDS, DEBUG_ENV
-from rrd_hf.cli import main as cli
-from rrd_hf.results import (
+from rrd_hf.commands.cli import COMMANDS, DEBUG_ENV
+from rrd_hf.commands.cli import main as cli
+from rrd_hf.runs.results import (
     MixedConfigurationsError,
     aggregate_results,
     aggregate_runs,
@@ -324,7 +324,7 @@ def test_a_command_line_user_error_in_a_fresh_process(tmp_path):
     """The console script as a user runs it: exit status 1, the message, no traceback; RRD_HF_DEBUG=1 shows it."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     env.pop(DEBUG_ENV, None)
-    command = [sys.executable, "-m", "rrd_hf.cli", "aggregate", str(tmp_path / "nowhere")]
+    command = [sys.executable, "-m", "rrd_hf.commands.cli", "aggregate", str(tmp_path / "nowhere")]
     quiet = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert quiet.returncode == 1 and "Traceback" not in quiet.stderr and "nowhere not found" in quiet.stderr
     loud = subprocess.run(command, env={**env, DEBUG_ENV: "1"}, capture_output=True, text=True, timeout=300)
@@ -425,7 +425,7 @@ def test_a_second_demo_into_the_same_folder_is_refused_before_any_work(tmp_path,
     assert "--output-dir NEW_FOLDER" in err and "--overwrite" in err
     assert sorted(p.name for p in (tmp_path / "student-RRD").iterdir()) == before  # nothing touched
     assert not (tmp_path / "teacher").exists()
-    from rrd_hf.demo import DemoSettings, check_output_dir
+    from rrd_hf.commands.demo import DemoSettings, check_output_dir
 
     check_output_dir(DemoSettings(output_dir=str(tmp_path), overwrite=True))  # --overwrite lets it through
 

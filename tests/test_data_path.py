@@ -24,7 +24,7 @@ from rrd_hf.data import (
     set_epoch,
     uint8_bytes,
 )
-from rrd_hf.train import DataArguments, _load_splits, parse_recipe
+from rrd_hf.commands.train import DataArguments, _load_splits, parse_recipe
 
 CIFAR10 = get_dataset_info("cifar10")
 
@@ -104,7 +104,7 @@ def test_real_cifar10_command_line_paths_agree(shared_data):
 
 
 def test_in_memory_splits_tell_the_model_card_which_split_and_how_much_of_it(tmp_path):
-    from rrd_hf.hub.record import evaluation_facts
+    from rrd_hf.runs.record import evaluation_facts
 
     root = tmp_path / "cifar10" / "plain_text"  # the Hub repo's layout: parquet files named by split
     root.mkdir(parents=True)

@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 import rrd_hf.data.device as device_module
 from rrd_hf.data import CIFAR10_CLASS_NAMES, InMemoryImageDataset, decode_to_uint8, resolve_dataset
 from rrd_hf.data.decoded_cache import PREFIX, decoded_cache_path, read_decoded, write_decoded
-from rrd_hf.train import DataArguments, _load_splits
+from rrd_hf.commands.train import DataArguments, _load_splits
 
 
 def cifar10_split(n, seed=0):

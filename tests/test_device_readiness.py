@@ -101,6 +101,6 @@ def test_fp16_on_cpu_is_refused(tmp_path):
 
 def test_the_frozen_teacher_is_cast_once_for_bf16(tmp_path):
     trainer = fast_path_trainer(tmp_path, bf16=True, max_steps=1)
-    assert trainer.teacher.conv1.weight.dtype == torch.bfloat16 and trainer.teacher.bn1.weight.dtype == torch.float32
+    assert trainer.teacher.model.conv1.weight.dtype == torch.bfloat16 and trainer.teacher.model.bn1.weight.dtype == torch.float32
     assert trainer.model.conv1.weight.dtype == torch.float32  # the student keeps float32 master weights
     trainer.train()

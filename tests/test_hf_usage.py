@@ -40,7 +40,8 @@ def readme_args(output_dir, **extra):
 
 def test_readme_python_example_on_cifar10_saves_its_statistics_and_class_names(tmp_path, cifar10_folder):
     from rrd_hf.data import CIFAR10_CLASS_NAMES, get_dataset_info, prepare_dataset
-    from rrd_hf.models import build_model, cifar_image_processor
+    from rrd_hf.data import cifar_image_processor
+    from rrd_hf.models import build_model
 
     train = prepare_dataset(cifar10_folder, "train", with_index=True, seed=0)  # random crop + flip + normalise
     test = prepare_dataset(cifar10_folder, "test")
@@ -111,7 +112,7 @@ def test_a_vit_teacher_loaded_from_its_folder_brings_its_own_normalisation(tmp_p
     args = readme_args(tmp_path / "out", student_image_mean=[0.1, 0.2, 0.3], student_image_std=[0.3, 0.3, 0.3])
     trainer = RRDTrainer(model=build_model("resnet8", 4), teacher_model=teacher, args=args,
                          train_dataset=TinyImageDataset(16, size=32, with_index=True))
-    adapter = trainer.teacher_input_adapter
+    adapter = trainer.teacher.adapter
     assert adapter.size == (64, 64)
     x = torch.zeros(1, 3, 32, 32)  # student-normalised zeros are the student's mean: (0.1 - 0.5) / 0.5 for the teacher
     torch.testing.assert_close(adapter(x)[0, :, 0, 0], torch.tensor([-0.8, -0.6, -0.4]))

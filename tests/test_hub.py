@@ -28,7 +28,8 @@ from rrd_hf.hub import (
     push_to_hub,
     template_path,
 )
-from rrd_hf.models import build_model, cifar_image_processor, save_pretrained_with_processor
+from rrd_hf.data import cifar_image_processor, save_pretrained_with_processor
+from rrd_hf.models import build_model
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CLEAN = {"config.json", "model.safetensors", "configuration_cifar_resnet.py", "modeling_cifar_resnet.py",
@@ -284,7 +285,7 @@ def test_cli_export_dir_loads_with_the_remote_code_it_ships(run_dir, tmp_path):
     from transformers import AutoModelForImageClassification
     from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
-    from rrd_hf.cli import main
+    from rrd_hf.commands.cli import main
 
     out = tmp_path / "export"
     main(["push", str(run_dir), "me/resnet8-rrd", "--export-dir", str(out), "--teacher", "me/resnet14-teacher"])
@@ -445,7 +446,7 @@ def write_custom_code_model(folder, marker):
 
 
 def test_a_pickled_training_args_bin_is_never_opened(run_dir, tmp_path, caplog):
-    from rrd_hf.cli import main
+    from rrd_hf.commands.cli import main
 
     probe = tmp_path / "probe-unpickled"  # the crafted pickle works: unpickling it does run its code
     torch.save(TouchOnUnpickle(probe), tmp_path / "probe.bin")
@@ -484,7 +485,7 @@ def test_rrd_hf_architectures_load_without_running_the_folders_code(run_dir, tmp
 
 
 def test_unknown_custom_code_runs_only_with_the_users_flag(tmp_path, capsys):
-    from rrd_hf.cli import main
+    from rrd_hf.commands.cli import main
 
     marker = tmp_path / "imported"
     folder = write_custom_code_model(tmp_path / "toy", marker)

@@ -9,7 +9,7 @@ from transformers import AutoModelForImageClassification
 
 from helpers import TinyImageDataset, tiny_model
 from rrd_hf import FeatureTap, RRDConfig, RRDTrainer, TeacherInputAdapter
-from rrd_hf.teacher import ImageStats, image_stats_from_pretrained
+from rrd_hf.classifiers.inputs import ImageStats, image_stats_from_pretrained
 
 TINY_CONFIGS = {
     "resnet": lambda: transformers.ResNetConfig(num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1],
@@ -81,9 +81,9 @@ def test_vit_teacher_at_its_own_size_and_normalisation_feeds_from_a_small_studen
                      student_image_mean=[0.1, 0.2, 0.3], student_image_std=[0.3, 0.3, 0.3])
     trainer = RRDTrainer(model=tiny_model(seed=1), teacher_model=str(tmp_path / "vit"), args=args,
                          train_dataset=TinyImageDataset(16, size=8))
-    assert trainer.teacher_input_adapter.size == (16, 16) and trainer.teacher_input_adapter.scale is not None
+    assert trainer.teacher.adapter.size == (16, 16) and trainer.teacher.adapter.scale is not None
     seen = []
-    trainer.teacher.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["pixel_values"].shape), with_kwargs=True)
+    trainer.teacher.model.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["pixel_values"].shape), with_kwargs=True)
     trainer.train()
     assert seen and all(shape[-2:] == (16, 16) for shape in seen)
     assert trainer.methods["rrd"].teacher_head.in_features == 16

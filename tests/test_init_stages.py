@@ -147,7 +147,8 @@ def init_stage_losses(trainer):
 def assert_states_match(actual: dict, expected: dict, what: str):
     assert actual.keys() == expected.keys()
     for name, value in expected.items():
-        torch.testing.assert_close(actual[name], value, rtol=1e-5, atol=1e-6, msg=f"{what} {name}")
+        # float32 rounding: the trainer's and the reference loop's forwards may add in other orders
+        torch.testing.assert_close(actual[name], value, rtol=1e-5, atol=1e-5, msg=lambda m: f"{what} {name} {m}")
 
 
 def changed_names(before: dict, after: dict) -> set[str]:
@@ -158,7 +159,7 @@ def changed_names(before: dict, after: dict) -> set[str]:
 @pytest.mark.filterwarnings("ignore:.*stage maps")
 def test_ab_init_stage_is_the_benchmarks_loop_on_a_wrn_student(tmp_path):
     trainer = make_trainer(tmp_path, "ab")
-    student, teacher = copy.deepcopy(trainer.model), copy.deepcopy(trainer.teacher)
+    student, teacher = copy.deepcopy(trainer.model), copy.deepcopy(trainer.teacher.model)
     connector = copy.deepcopy(trainer.methods["ab"].connector).requires_grad_(True)
     before = {k: v.clone() for k, v in student.state_dict().items()}
     reference_losses = repdistiller_init("ab", student, teacher, nn.ModuleList([connector, wrn_get_feat_modules(student)]),
@@ -198,7 +199,7 @@ def test_ab_first_loss_reads_the_final_batchnorm_in_eval_mode(tmp_path):
     x = batches_of(trainer)[0]
     student, connector = copy.deepcopy(trainer.model), copy.deepcopy(trainer.methods["ab"].connector).train()
     with torch.no_grad():
-        feat_t = feats(copy.deepcopy(trainer.teacher).eval(), x, preact=True)[1:-1]
+        feat_t = feats(copy.deepcopy(trainer.teacher.model).eval(), x, preact=True)[1:-1]
 
         def terms(whole_student_in_train_mode: bool) -> list[float]:
             model = copy.deepcopy(student).train(whole_student_in_train_mode)
@@ -215,7 +216,7 @@ def test_ab_first_loss_reads_the_final_batchnorm_in_eval_mode(tmp_path):
 
 def test_fsp_init_stage_is_the_benchmarks_loop_on_a_wrn_student(tmp_path):
     trainer = make_trainer(tmp_path, "fsp", teacher="wrn_16_1")  # FSP needs equal channel counts
-    student, teacher = copy.deepcopy(trainer.model), copy.deepcopy(trainer.teacher)
+    student, teacher = copy.deepcopy(trainer.model), copy.deepcopy(trainer.teacher.model)
     before = {k: v.clone() for k, v in student.state_dict().items()}
     reference_losses = repdistiller_init("fsp", student, teacher, wrn_get_feat_modules(student), batches_of(trainer),
                                          INIT_EPOCHS, LEARNING_RATE)
@@ -233,7 +234,7 @@ def test_fsp_init_stage_is_the_benchmarks_loop_on_a_wrn_student(tmp_path):
 
 def test_ft_init_stage_trains_the_paraphraser_alone_at_the_runs_learning_rate(tmp_path):
     trainer = make_trainer(tmp_path, "ft")
-    student, teacher = copy.deepcopy(trainer.model), copy.deepcopy(trainer.teacher)
+    student, teacher = copy.deepcopy(trainer.model), copy.deepcopy(trainer.teacher.model)
     paraphraser = copy.deepcopy(trainer.methods["ft"].paraphraser).requires_grad_(True)
     translator_before = {k: v.clone() for k, v in trainer.methods["ft"].translator.state_dict().items()}
     before = {k: v.clone() for k, v in student.state_dict().items()}

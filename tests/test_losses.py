@@ -138,8 +138,7 @@ def test_kd_loss_matches_naive_definition():
 
 
 def test_the_loss_timing_benchmark_runs_and_finds_both_forms_equal():
-    """benchmarks/rrd_loss_time.py asserts that rrd_loss, the textbook form and rrd_loss on either CPU product agree before
-    it prints a ratio."""
+    """benchmarks/rrd_loss_time.py asserts that rrd_loss and the textbook form agree before it prints a ratio."""
     import subprocess
     import sys
     from pathlib import Path
@@ -147,4 +146,4 @@ def test_the_loss_timing_benchmark_runs_and_finds_both_forms_equal():
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "rrd_loss_time.py"
     out = subprocess.run([sys.executable, str(script), "--memory-size", "512", "--repeats", "2", "--warmup", "1"],
                          capture_output=True, text=True, timeout=300, check=True).stdout
-    assert "loss and gradient agree" in out and "rrd_hf / textbook" in out and "rrd_hf, oneDNN / rrd_hf, matmul" in out
+    assert "loss and gradient agree" in out and "rrd_hf / textbook" in out

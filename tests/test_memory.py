@@ -1,4 +1,6 @@
-"""Teacher memories: wrap-around, norms, enqueue orders, autograd safety, state round trips."""
+"""Teacher memories (RRD's FIFO ring and momentum memory, CRD's two banks): every update against a naive row-by-row
+computation, out-of-place updates (a loss computed before an update backpropagates as on a snapshot of the memory
+it read), enqueue orders, state round trips."""
 
 import pytest
 import torch
@@ -60,21 +62,57 @@ def test_update_leaves_the_memory_the_loss_read_so_autograd_survives():
     assert memory.keys is not before
 
 
-def test_fifo_alternates_two_buffers_instead_of_copying_the_memory():
-    """Each update writes 2 x batch rows into the buffer the previous loss read, not a fresh copy of all keys."""
-    memory = FifoMemory(16, 4)
-    pointers = []
-    for step in range(4):
-        memory.update(unit(3, 4, step))
-        pointers.append(memory.keys.data_ptr())
-    assert pointers[0] == pointers[2] and pointers[1] == pointers[3] and pointers[0] != pointers[1]
+def naive_momentum(bank, keys, indices, momentum):
+    """`normalize(m · bank[i] + (1 − m) · key)` row by row; a repeated index keeps its first occurrence's value."""
+    bank, seen = bank.clone(), set()
+    for key, i in zip(keys, indices.tolist()):
+        if i not in seen:
+            seen.add(i)
+            bank[i] = F.normalize(momentum * bank[i] + (1 - momentum) * key, dim=0)
+    return bank
 
 
-@pytest.fixture(params=["matmul", "onednn"])
-def product(request, monkeypatch):
-    """Both CPU paths of the products with the memory (they save the memory for backward differently)."""
-    monkeypatch.setenv("RRD_HF_CPU_MEMORY_PRODUCT", request.param)
-    return request.param
+def _banked_memory(kind):
+    """A memory of `kind` with, for each of its banks, the keys it receives from `update(keys, index)`."""
+    from rrd_hf.methods.crd import CRDMemory
+
+    if kind == "fifo":
+        memory = FifoMemory(8, 4)
+        return memory, {"keys": lambda keys: keys}, lambda keys, index: memory.update(keys)
+    if kind == "momentum":
+        memory = MomentumMemory(12, 4, momentum=0.5, num_anchors=None, seed=0)
+        return memory, {"keys": lambda keys: keys}, lambda keys, index: memory.update(keys, index)
+    memory = CRDMemory(12, 4, num_negatives=3, momentum=0.5, seed=0)
+    banks = {"student_bank": lambda keys: keys, "teacher_bank": lambda keys: keys.flip(0)}
+    return memory, banks, lambda keys, index: memory.update(keys, keys.flip(0), index)
+
+
+@pytest.mark.parametrize("kind", ["momentum", "crd"])
+def test_dataset_sized_banks_equal_the_naive_rule_at_every_update(kind):
+    """The momentum memory (all slots as anchors) and CRD's two banks, against the update rule applied row by row."""
+    memory, banks, update = _banked_memory(kind)
+    expected = {name: getattr(memory, name).clone() for name in banks}
+    for step in range(5):
+        keys, index = unit(3, 4, step), torch.tensor([step, step + 5, step])  # a duplicate index as well
+        for name, bank_keys in banks.items():
+            expected[name] = naive_momentum(expected[name], bank_keys(keys), index, 0.5)
+        update(keys, index)
+        for name in banks:
+            torch.testing.assert_close(getattr(memory, name), expected[name], msg=f"step {step}, {name}")
+
+
+@pytest.mark.parametrize("kind", ["fifo", "momentum", "crd"])
+def test_an_update_leaves_the_tensor_a_previous_loss_read_unchanged(kind):
+    """Out of place: every update makes a new tensor, and the one a loss read keeps its values."""
+    memory, banks, update = _banked_memory(kind)
+    for step in range(3):
+        read = {name: getattr(memory, name) for name in banks}  # what a loss of this step reads
+        copies = {name: tensor.clone() for name, tensor in read.items()}
+        update(unit(3, 4, step), torch.tensor([step, step + 4, step + 1]))
+        for name in banks:
+            assert getattr(memory, name) is not read[name], (step, name)
+            assert torch.equal(read[name], copies[name]), (step, name)
+            assert not torch.equal(getattr(memory, name), copies[name]), (step, name)  # the update did write
 
 
 def _rrd_step(memory, seed, enqueue="after"):
@@ -89,28 +127,39 @@ def _rrd_step(memory, seed, enqueue="after"):
 
 
 @pytest.mark.parametrize("enqueue", ["after", "before"])
-def test_the_training_cycle_writes_into_the_released_buffer(product, enqueue):
-    """Loss, update, backward, as the trainer runs them: once a step's backward has released the memory it read,
-    the next update writes into it (the two buffers alternate), and the memory is the naive ring's."""
-    memory, pointers = FifoMemory(16, 4), []
+def test_the_training_cycle_gives_the_snapshot_gradient_and_the_naive_ring(enqueue):
+    """Loss, update, backward, as the trainer runs them: each step's gradient is the one computed on a snapshot of the
+    memory the loss read, and after each update the memory is the naive ring's."""
+    memory = FifoMemory(16, 4)
     reference = memory.keys.clone()
-    for step in range(5):
+    for step in range(7):  # 21 keys into 16 slots: wraps around
+        snapshot = memory.keys.clone()
+        if enqueue == "before":
+            for row, key in enumerate(unit(3, 4, step + 100)):
+                snapshot[(3 * step + row) % 16] = key
         student, loss = _rrd_step(memory, step, enqueue)
         loss.backward()
-        reference[3 * step:3 * step + 3] = unit(3, 4, step + 100)
-        pointers.append(memory.keys.data_ptr())
-        assert torch.equal(memory.keys, reference)
-    assert pointers[1] == pointers[3] and pointers[2] == pointers[4] and pointers[1] != pointers[2]
+        expected = unit(3, 4, step).requires_grad_()
+        rrd_loss(expected, unit(3, 4, step + 100), snapshot, 0.1, 0.1).backward()
+        assert torch.equal(student.grad, expected.grad), step
+        for row, key in enumerate(unit(3, 4, step + 100)):
+            reference[(3 * step + row) % 16] = key
+        assert torch.equal(memory.keys, reference), step
 
 
-def test_a_graph_kept_across_updates_keeps_its_memory(product):
-    """Two losses summed before one backward (or any graph still alive): the update sees the buffer is held and
-    writes a fresh copy instead, so each loss backpropagates through the memory it read."""
+@pytest.mark.parametrize("enqueue", ["after", "before"])
+def test_a_graph_kept_across_updates_keeps_its_memory(enqueue):
+    """Several losses summed before one backward (or any graph still alive): each backpropagates through the memory it
+    read, as a loss on a snapshot of that memory does."""
     memory = FifoMemory(8, 4)
     snapshots, students, losses = [], [], []
     for step in range(3):
-        snapshots.append(memory.keys.clone())
-        student, loss = _rrd_step(memory, step)
+        snapshot = memory.keys.clone()
+        if enqueue == "before":
+            for row, key in enumerate(unit(3, 4, step + 100)):
+                snapshot[(3 * step + row) % 8] = key
+        snapshots.append(snapshot)
+        student, loss = _rrd_step(memory, step, enqueue)
         students.append(student)
         losses.append(loss)
     sum(losses).backward()
@@ -118,47 +167,6 @@ def test_a_graph_kept_across_updates_keeps_its_memory(product):
         expected = unit(3, 4, step).requires_grad_()
         rrd_loss(expected, unit(3, 4, step + 100), snapshot, 0.1, 0.1).backward()
         assert torch.equal(student.grad, expected.grad), step
-
-
-def test_a_reference_to_an_earlier_memory_is_never_written():
-    memory = FifoMemory(8, 4)
-    memory.update(unit(3, 4, 0))
-    earlier, copy = memory.keys, memory.keys.clone()
-    for step in range(1, 4):
-        memory.update(unit(3, 4, step))
-    assert torch.equal(earlier, copy)
-
-
-@pytest.mark.parametrize("kind", ["momentum", "crd"])
-def test_dataset_sized_banks_alternate_and_keep_held_banks(kind):
-    """The momentum memory (all slots as anchors) and CRD's banks: the same two-buffer writes as the FIFO ring, the
-    same rows as the out-of-place `momentum_update`, and a held bank left alone."""
-    from rrd_hf.methods.crd import CRDMemory
-    from rrd_hf.methods.memory import momentum_update
-
-    if kind == "momentum":
-        memory = MomentumMemory(12, 4, momentum=0.5, num_anchors=None, seed=0)
-        banks = ("keys",)
-        update = lambda keys, index: memory.update(keys, index)  # noqa: E731
-    else:
-        memory = CRDMemory(12, 4, num_negatives=3, momentum=0.5, seed=0)
-        banks = ("student_bank", "teacher_bank")
-        update = lambda keys, index: memory.update(keys, keys.flip(0), index)  # noqa: E731
-    expected = {name: getattr(memory, name).clone() for name in banks}
-    pointers = []
-    for step in range(4):
-        keys, index = unit(3, 4, step), torch.tensor([step, step + 5, step])  # a duplicate index as well
-        for name in banks:
-            expected[name] = momentum_update(expected[name], keys if name != "teacher_bank" else keys.flip(0), index, 0.5)
-        update(keys, index)
-        pointers.append(getattr(memory, banks[0]).data_ptr())
-        for name in banks:
-            assert torch.equal(getattr(memory, name), expected[name]), (step, name)
-    assert pointers[1] == pointers[3] and pointers[1] != pointers[2]
-    held, copy = getattr(memory, banks[0]), getattr(memory, banks[0]).clone()
-    update(unit(3, 4, 9), torch.tensor([1, 2, 3]))
-    update(unit(3, 4, 10), torch.tensor([4, 5, 6]))
-    assert torch.equal(held, copy)
 
 
 @pytest.mark.parametrize("change", ["load_state_dict", "assign", "to"])
@@ -270,7 +278,20 @@ def test_momentum_memory_errors_are_actionable():
 
 
 def test_rrd_loss_module_with_momentum_memory_trains():
-    module = make_rrd(6, 5, num_samples=20, embedding_dim=4, memory_size=8, memory_type="momentum")
+    module = make_rrd(6, 5, num_samples=20, embedding_dim=4, num_anchors=8, memory_type="momentum")
     loss = call(module, torch.randn(3, 6), torch.randn(3, 5), torch.tensor([0, 4, 19]))
     loss.backward()
     assert torch.isfinite(loss) and module.memory.num_filled == 3
+
+
+def test_the_momentum_memory_draws_num_anchors_slots_and_the_fifo_memory_refuses_the_option():
+    """`memory_size` is the FIFO ring's length; the momentum memory has one slot per training sample and draws
+    `num_anchors` of them at every step (all of them when there are fewer)."""
+    module = make_rrd(6, 5, num_samples=20, embedding_dim=4, num_anchors=8, memory_type="momentum")
+    assert module.memory.size == 20 and module.memory.anchors().shape == (8, 4)
+    everything = make_rrd(6, 5, num_samples=20, embedding_dim=4, memory_type="momentum")
+    assert everything.memory.anchors().shape == (20, 4)  # the default, 16384, exceeds the 20 slots
+    with pytest.raises(ValueError, match="num_anchors=8 applies to the momentum memory only"):
+        make_rrd(6, 5, embedding_dim=4, memory_size=32, num_anchors=8)
+    with pytest.raises(ValueError, match="num_anchors must be >= 1"):
+        make_rrd(6, 5, num_samples=20, embedding_dim=4, num_anchors=0, memory_type="momentum")

@@ -27,7 +27,7 @@ def make(tmp_path, method, teacher="resnet14", **overrides):
 def test_method_trains_through_the_trainer(tmp_path, method):
     trainer = make(tmp_path, method)
     module = trainer.methods[method]
-    teacher_before = {k: v.clone() for k, v in trainer.teacher.state_dict().items()}
+    teacher_before = {k: v.clone() for k, v in trainer.teacher.model.state_dict().items()}
     student_before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     trainable_before = {k: v.detach().clone() for k, v in module.named_parameters() if v.requires_grad}
     trainer.train()
@@ -42,7 +42,7 @@ def test_method_trains_through_the_trainer(tmp_path, method):
         assert all(f"loss_{method}" not in log for log in logs)
     if module.init_stage is not None:  # init_epochs=1 also turns FitNet's hint stage on
         assert [log["init_stage_epoch"] for log in trainer.state.log_history if "init_stage_loss" in log] == [1]
-    for name, value in trainer.teacher.state_dict().items():
+    for name, value in trainer.teacher.model.state_dict().items():
         torch.testing.assert_close(value, teacher_before[name], msg=f"teacher {name} changed")
     assert any(not torch.equal(v, student_before[k]) for k, v in trainer.model.state_dict().items())
     if module.main_stage_loss:  # every trainable part got a gradient in the last step (DDP needs that too)

@@ -9,7 +9,7 @@ from safetensors.torch import load_file, save_file
 
 from helpers import StopAt, TinyImageDataset, tiny_model
 from rrd_hf import METHODS, DistillationMethod, RRDConfig, RRDTrainer, register_method, resolve_loss_terms
-from rrd_hf.checkpoints import COMPLETE_MARKER, DISTILL_STATE_NAME, LEGACY_STATE_NAME
+from rrd_hf.training.checkpoints import COMPLETE_MARKER, DISTILL_STATE_NAME, LEGACY_STATE_NAME
 
 
 def config(tmp_path, **values):

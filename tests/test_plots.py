@@ -10,8 +10,9 @@ from PIL import Image
 
 from helpers import tiny_model
 from rrd_hf.data import CIFAR10_CLASS_NAMES, CIFAR100_COARSE_CLASS_NAMES, CIFAR100_FINE_CLASS_NAMES
-from rrd_hf.models import build_model, cifar_image_processor
-from rrd_hf.plots import (
+from rrd_hf.data import cifar_image_processor
+from rrd_hf.models import build_model
+from rrd_hf.evaluation.plots import (
     CORRELATION_FIGURE,
     PLOTS_JSON,
     TSNE_FIGURE,
@@ -160,7 +161,7 @@ def test_make_figures_writes_valid_pngs_and_a_summary(cifar100_dir, tmp_path):
 
 
 def test_cli_defaults_to_the_checkpoint_folder_and_the_card_embeds_the_figures(cifar100_dir, tmp_path):
-    from rrd_hf.cli import main
+    from rrd_hf.commands.cli import main
     from rrd_hf.hub import build_model_card
 
     torch.manual_seed(0)

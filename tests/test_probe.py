@@ -10,7 +10,7 @@ from datasets import ClassLabel, Dataset, Features, Image
 from helpers import tiny_model
 from rrd_hf.data import STL10_CLASS_NAMES
 from rrd_hf.models import build_model
-from rrd_hf.probe import LinearProbeHead, attach_linear_probe, default_probe_lr, linear_probe
+from rrd_hf.evaluation.probe import LinearProbeHead, attach_linear_probe, default_probe_lr, linear_probe
 
 FAST = dict(epochs=2, milestones=[1], batch_size=16, device="cpu", progress=False)
 
@@ -79,7 +79,7 @@ def test_head_initialisation_freezing_and_learning_rates():
 
 
 def test_probe_learns_the_generated_classes_and_the_cli_writes_json(stl10_dir, tmp_path):
-    from rrd_hf.cli import main
+    from rrd_hf.commands.cli import main
 
     torch.manual_seed(0)
     checkpoint = tmp_path / "student"
@@ -97,7 +97,7 @@ def test_probe_learns_the_generated_classes_and_the_cli_writes_json(stl10_dir, t
 def test_real_tiny_imagenet_probe_is_above_chance(shared_data, tmp_path):
     """A CIFAR-style backbone (random init, BN frozen) on 4,000 real Tiny ImageNet images: the pipeline works on the
     real schema (200 WordNet classes, 64x64 with grayscale images, `valid` split) and learns."""
-    from rrd_hf.cli import main
+    from rrd_hf.commands.cli import main
 
     torch.manual_seed(0)
     checkpoint = tmp_path / "student"

@@ -17,7 +17,7 @@ import yaml
 
 from rrd_hf.methods import METHODS
 
-from rrd_hf.train import main as train_main, parse_recipe
+from rrd_hf.commands.train import main as train_main, parse_recipe
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 TEACHER_RECIPES = sorted((RECIPES / "cifar100" / "teachers").glob("*.yaml"))

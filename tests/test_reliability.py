@@ -18,9 +18,9 @@ from transformers import TrainerCallback
 
 from helpers import StopAt, TinyImageDataset, tiny_model
 from rrd_hf import RRDConfig, RRDTrainer
-from rrd_hf.checkpoints import COMPLETE_MARKER, DISTILL_STATE_NAME, is_complete
-from rrd_hf.guard import NonFiniteError
-from rrd_hf.train import main as train_main
+from rrd_hf.training.checkpoints import COMPLETE_MARKER, DISTILL_STATE_NAME, is_complete
+from rrd_hf.training.guard import NonFiniteError
+from rrd_hf.commands.train import main as train_main
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
@@ -289,7 +289,7 @@ def test_non_finite_numbers_in_the_config_are_refused(tmp_path, field, value):
 
 
 def test_the_command_line_refuses_a_nan_learning_rate_in_one_line(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "rrd_hf.cli", "train", "--student", "resnet8", "--dataset", "cifar10",
+    result = subprocess.run([sys.executable, "-m", "rrd_hf.commands.cli", "train", "--student", "resnet8", "--dataset", "cifar10",
                              "--output_dir", str(tmp_path), "--learning_rate", "nan"],
                             env=ENV, capture_output=True, text=True, timeout=300)
     assert result.returncode == 1

@@ -176,7 +176,7 @@ def test_image_processor_for_the_data_normalises_as_training_did():
 
 
 def test_evaluate_defaults_to_the_split_the_folder_has(tmp_path):
-    from rrd_hf.evaluation import evaluate_checkpoint
+    from rrd_hf.evaluation.checkpoint import evaluate_checkpoint
     from rrd_hf.models import build_model
 
     root = write_parquet(tmp_path / "cifar10", {"train": cifar10_split(6), "valid": cifar10_split(5, 1)})

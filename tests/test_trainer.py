@@ -9,7 +9,7 @@ from transformers import AutoConfig, AutoModelForImageClassification, TrainerCal
 
 from helpers import StopAt, TinyConvConfig, TinyConvForImageClassification, TinyImageDataset, tiny_model
 from rrd_hf import DISTILL_STATE_NAME, RRDConfig, RRDTrainer
-from rrd_hf.checkpoints import COMPLETE_MARKER
+from rrd_hf.training.checkpoints import COMPLETE_MARKER
 
 AutoConfig.register(TinyConvConfig.model_type, TinyConvConfig, exist_ok=True)
 AutoModelForImageClassification.register(TinyConvConfig, TinyConvForImageClassification, exist_ok=True)
@@ -40,15 +40,15 @@ def clone_state(module):
 
 def test_end_to_end_teacher_frozen_student_and_head_trained_memory_filled(tmp_path):
     trainer = make_trainer(tmp_path, kd_weight=1.0)
-    teacher_before = clone_state(trainer.teacher)
+    teacher_before = clone_state(trainer.teacher.model)
     student_before = clone_state(trainer.model)
     head_before = clone_state(trainer.methods["rrd"].student_head)
     teacher_head_before = clone_state(trainer.methods["rrd"].teacher_head)
     trainer.train()
 
-    for name, value in trainer.teacher.state_dict().items():  # weights and BN running statistics
+    for name, value in trainer.teacher.model.state_dict().items():  # weights and BN running statistics
         torch.testing.assert_close(value, teacher_before[name], msg=f"teacher {name} changed")
-    assert not trainer.teacher.training
+    assert not trainer.teacher.model.training
     for name, value in trainer.methods["rrd"].teacher_head.state_dict().items():
         torch.testing.assert_close(value, teacher_head_before[name])
     assert any(not torch.equal(v, student_before[k]) for k, v in trainer.model.state_dict().items())
@@ -59,8 +59,8 @@ def test_end_to_end_teacher_frozen_student_and_head_trained_memory_filled(tmp_pa
     assert memory.num_filled == 32 and int(memory.num_updates) == 6
     dataset = TinyImageDataset(64)
     with torch.no_grad():
-        trainer.teacher(pixel_values=dataset.images)
-        _, z_t = trainer.methods["rrd"].embed(torch.zeros(64, trainer.methods["rrd"].student_head.in_features), trainer.teacher_reader.feature_tap.pop())
+        trainer.teacher.model(pixel_values=dataset.images)
+        _, z_t = trainer.methods["rrd"].embed(torch.zeros(64, trainer.methods["rrd"].student_head.in_features), trainer.teacher.reader.feature_tap.pop())
     similarity = memory.keys @ z_t.t()
     assert torch.allclose(similarity.max(dim=1).values, torch.ones(32), atol=1e-5)
 
@@ -77,7 +77,7 @@ def test_evaluation_is_student_only_and_leaves_memory_alone(tmp_path):
     trainer.train()
     keys, updates = trainer.methods["rrd"].memory.keys.clone(), int(trainer.methods["rrd"].memory.num_updates)
     calls = []
-    handle = trainer.teacher.register_forward_hook(lambda *a: calls.append(1))
+    handle = trainer.teacher.model.register_forward_hook(lambda *a: calls.append(1))
     metrics = trainer.evaluate()
     handle.remove()
     assert calls == []
@@ -96,11 +96,11 @@ def test_evaluation_is_student_only_and_leaves_memory_alone(tmp_path):
 def test_teacher_stays_in_eval_mode_even_if_switched(tmp_path):
     # unfolded, so that the teacher keeps a BatchNorm whose statistics train mode would move
     trainer = make_trainer(tmp_path, max_steps=2, fold_teacher_batch_norm=False)
-    stats = trainer.teacher.bn1.running_mean.clone()
-    trainer.teacher.train()
+    stats = trainer.teacher.model.bn1.running_mean.clone()
+    trainer.teacher.model.train()
     trainer.train()
-    assert not trainer.teacher.training
-    torch.testing.assert_close(trainer.teacher.bn1.running_mean, stats)
+    assert not trainer.teacher.model.training
+    torch.testing.assert_close(trainer.teacher.model.bn1.running_mean, stats)
 
 
 def test_save_model_writes_a_clean_student(tmp_path):
@@ -162,7 +162,7 @@ def test_bf16_autocast_on_cpu_keeps_losses_float32(tmp_path):
     seen = {}
     original = trainer.compute_loss
     trainer.model.conv2.register_forward_hook(lambda m, i, out: seen.__setitem__("student_conv", out.dtype))
-    trainer.teacher.conv2.register_forward_hook(lambda m, i, out: seen.__setitem__("teacher_conv", out.dtype))
+    trainer.teacher.model.conv2.register_forward_hook(lambda m, i, out: seen.__setitem__("teacher_conv", out.dtype))
 
     def probe(model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, outputs = original(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
@@ -214,7 +214,7 @@ def test_optimizer_holds_student_head_not_teacher_head_and_decays_all_when_asked
     params = {id(p): group["weight_decay"] for group in trainer.optimizer.param_groups for p in group["params"]}
     assert all(id(p) in params for p in trainer.methods["rrd"].student_head.parameters())
     assert not any(id(p) in params for p in trainer.methods["rrd"].teacher_head.parameters())
-    assert not any(id(p) in params for p in trainer.teacher.parameters())
+    assert not any(id(p) in params for p in trainer.teacher.model.parameters())
     assert params[id(trainer.model.bn1.weight)] == 5e-4 and params[id(trainer.methods["rrd"].student_head.bias)] == 5e-4
     assert trainer.optimizer.param_groups[0]["momentum"] == 0.9
 
@@ -249,7 +249,7 @@ def test_teacher_from_a_local_path_and_an_unreachable_hub_id(tmp_path):
     teacher.save_pretrained(tmp_path / "teacher")
     trainer = RRDTrainer(model=tiny_model(seed=1), args=make_args(tmp_path, max_steps=1,
                          teacher_model_name_or_path=str(tmp_path / "teacher")), train_dataset=TinyImageDataset(16))
-    torch.testing.assert_close(trainer.teacher.conv1.weight, teacher.conv1.weight)
+    torch.testing.assert_close(trainer.teacher.model.conv1.weight, teacher.conv1.weight)
     trainer.train()
     with pytest.raises(OSError, match="could not load the teacher"):
         RRDTrainer(model=tiny_model(), teacher_model="nobody/no-such-teacher", args=make_args(tmp_path))

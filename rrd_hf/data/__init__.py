@@ -47,8 +47,10 @@ from .fashion_mnist import (
 )
 from .images import decode_image
 from .checks import check_labels, verify_images
-from .loading import describe_source, infer_dataset_info, load_image_dataset
+from .loading import infer_dataset_info, load_image_dataset
+from .provenance import describe_source
 from .metadata import dataset_class_names, dataset_image_size, dataset_stats, image_processor_for
+from .processors import CIFAR100_MEAN, CIFAR100_STD, cifar_image_processor, save_pretrained_with_processor
 from .paths import DATA_PATHS, choose_data_path, in_memory_budget, total_memory_bytes, uint8_bytes
 from .prepare import prepare_dataset
 from .registry import (
@@ -97,6 +99,10 @@ __all__ = [
     "dataset_class_names",
     "dataset_image_size",
     "image_processor_for",
+    "cifar_image_processor",
+    "save_pretrained_with_processor",
+    "CIFAR100_MEAN",
+    "CIFAR100_STD",
     # loading
     "load_image_dataset",
     "infer_dataset_info",

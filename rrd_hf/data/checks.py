@@ -6,7 +6,7 @@ import numpy as np
 
 from .errors import DataError, LabelOutOfRangeError, MissingColumnError
 from .images import decode_image
-from .loading import IMAGE_COLUMN, INDEX_COLUMN, LABEL_COLUMN, columns_description, describe_source
+from .provenance import IMAGE_COLUMN, INDEX_COLUMN, LABEL_COLUMN, columns_description, describe_source
 
 __all__ = ["check_labels", "verify_images"]
 

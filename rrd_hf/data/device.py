@@ -97,7 +97,7 @@ def decode_to_uint8(
     """
     import datasets
 
-    from .loading import describe_source
+    from .provenance import describe_source
 
     for column in (image_column, label_column):
         if column not in dataset.column_names:
@@ -163,6 +163,7 @@ class InMemoryImageDataset(torch.utils.data.Dataset):
         stats: StatsLike | None = None,
         split: str | None = None,
         split_size: int | None = None,
+        dataset_name: str | None = None,
     ):
         if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
             raise DataError(f"images must be a uint8 (N, 3, H, W) tensor, got {images.dtype} {tuple(images.shape)}.")
@@ -175,6 +176,7 @@ class InMemoryImageDataset(torch.utils.data.Dataset):
         self.stats = resolve_stats(stats) if stats is not None else None
         # The split these images came from and that split's full size, for the model card (None when unknown).
         self.split, self.split_size = (str(split) if split else None), split_size
+        self.dataset_name = dataset_name  # the known dataset these images are (rrd_hf.data.provenance), if known
         self._served_labels, self._served_index = self._serving_copies()
 
     def _serving_copies(self):
@@ -203,7 +205,8 @@ class InMemoryImageDataset(torch.utils.data.Dataset):
         import datasets
 
         from .decoded_cache import check_replaceable, decoded_cache_path, read_decoded, write_decoded
-        from .loading import infer_dataset_info, split_facts
+        from .loading import infer_dataset_info
+        from .provenance import known_dataset_name, split_facts
 
         if stats is None:
             info = infer_dataset_info(dataset=dataset)
@@ -227,7 +230,8 @@ class InMemoryImageDataset(torch.utils.data.Dataset):
                 logger.info("%d decoded images (%.1f MB) kept in %s for later runs", len(images),
                             images.numel() / 1e6, cache_file)
         split, split_size = split_facts(dataset)
-        out = cls(images, labels, index, class_names=class_names, stats=stats, split=split, split_size=split_size)
+        out = cls(images, labels, index, class_names=class_names, stats=stats, split=split, split_size=split_size,
+                  dataset_name=known_dataset_name(dataset))
         return out.to(device) if device is not None else out
 
     def to(self, device) -> "InMemoryImageDataset":

@@ -33,7 +33,10 @@ from .errors import (
     MissingColumnError,
     UnknownSplitError,
 )
+from .checks import verify_images
 from .fashion_mnist import fashion_mnist_available, load_fashion_mnist
+from .provenance import (IMAGE_COLUMN, INDEX_COLUMN, LABEL_COLUMN, columns_description, describe_source, read_tag,
+                         set_tag, split_facts)
 from .registry import KNOWN_DATASETS, DatasetInfo, find_dataset_info, get_dataset_info
 
 __all__ = [
@@ -47,59 +50,10 @@ __all__ = [
     "INDEX_COLUMN",
 ]
 
-IMAGE_COLUMN, LABEL_COLUMN, INDEX_COLUMN = "image", "label", "index"
-_SOURCE_TAG = "[rrd_hf source] "
-_KNOWN_TAG = " [rrd_hf dataset] "
 _SPLIT_WORDS = {"train", "test", "valid", "validation", "val", "eval", "dev", "unlabeled", "unlabelled"}
 _FILE_BUILDERS = {".parquet": "parquet", ".arrow": "arrow"}
 _LABEL_NAMES = ("label", "labels", "fine_label", "class", "target", "category", "y")
 _IMAGE_NAMES = ("image", "img")
-
-
-# --------------------------------------------------------------------------------------------- source tags
-def _set_tag(dataset, description: str, info: DatasetInfo | None) -> None:
-    """Record where a dataset came from in ``dataset.info.description`` (it is carried through
-    ``select``/``shuffle``/``map``/``with_transform``), so errors far downstream can name the source."""
-    old = dataset.info.description or ""
-    kept = [line for line in old.splitlines() if not line.startswith(_SOURCE_TAG)]
-    tag = _SOURCE_TAG + description + (_KNOWN_TAG + info.name if info is not None else "")
-    dataset.info.description = "\n".join(kept + [tag])
-
-
-def _read_tag(dataset) -> tuple[str | None, str | None]:
-    info = getattr(dataset, "info", None)
-    for line in ((info.description if info is not None else None) or "").splitlines():
-        if line.startswith(_SOURCE_TAG):
-            body = line[len(_SOURCE_TAG) :]
-            if _KNOWN_TAG in body:
-                body, known = body.split(_KNOWN_TAG, 1)
-                return body, known.strip()
-            return body, None
-    return None, None
-
-
-def split_facts(dataset) -> tuple[str | None, int | None]:
-    """The split a dataset was loaded as and that split's full size, None where unknown: ``datasets`` keeps both
-    through ``select`` (so a ``max_eval_samples`` subset still names them); rrd_hf's in-memory datasets record them."""
-    split = getattr(dataset, "split", None)
-    split = str(split) if split else None
-    size = getattr(dataset, "split_size", None)
-    if size is None and split is not None:
-        splits = getattr(getattr(dataset, "info", None), "splits", None) or {}
-        size = getattr(splits.get(split), "num_examples", None)
-    return split, size or None
-
-
-def describe_source(dataset) -> str:
-    """A human-readable description of where ``dataset`` came from (used in error messages)."""
-    described, _ = _read_tag(dataset)
-    if described:
-        return described
-    split = getattr(dataset, "split", None)
-    files = getattr(dataset, "cache_files", None) or []
-    if files:
-        return f"{files[0]['filename']}" + (f" (split '{split}')" if split else "")
-    return "an in-memory dataset" + (f" (split '{split}')" if split else "")
 
 
 # ------------------------------------------------------------------------------------ known-dataset guess
@@ -131,7 +85,7 @@ def infer_dataset_info(source=None, dataset=None, dataset_name=None) -> DatasetI
                 return find_dataset_info(part)
     if dataset is not None:
         first = next(iter(dataset.values())) if hasattr(dataset, "values") else dataset
-        _, known = _read_tag(first)
+        _, known = read_tag(first)
         if known in KNOWN_DATASETS:
             return KNOWN_DATASETS[known]
         import datasets
@@ -234,7 +188,7 @@ def _load_raw(source, name, load_kwargs, split=None):
 
     if isinstance(source, (datasets.Dataset, datasets.DatasetDict)):
         first = next(iter(source.values())) if isinstance(source, datasets.DatasetDict) else source
-        described, _ = _read_tag(first)
+        described, _ = read_tag(first)
         return source, described or "an in-memory dataset"
     if isinstance(source, dict) or (isinstance(source, (list, tuple)) and source):
         shown = f"files {source!r}" if isinstance(source, dict) else f"files {[os.fspath(s) for s in source]}"
@@ -274,10 +228,6 @@ def _load_raw(source, name, load_kwargs, split=None):
 
 
 # ------------------------------------------------------------------------------------------ normalising
-def columns_description(dataset) -> str:
-    return ", ".join(f"{c} ({type(f).__name__})" for c, f in dataset.features.items())
-
-
 def _pick_image_column(dataset, requested, info, source) -> str:
     import datasets
 
@@ -449,10 +399,8 @@ def load_with_info(
             add_index=add_index,
             source=where,
         )
-        _set_tag(ds, where, info)
+        set_tag(ds, where, info)
         if verify:
-            from .checks import verify_images  # checks.py builds on this module
-
             verify_images(ds)
         out[split_name] = ds
     result = out[split] if split is not None else datasets.DatasetDict(out)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from .augmentation import transform_of
 from .errors import DataError
+from .processors import cifar_image_processor
 from .registry import DatasetInfo, NormalizationStats, resolve_stats
 
 __all__ = ["dataset_stats", "dataset_class_names", "dataset_image_size", "image_processor_for"]
@@ -111,8 +112,6 @@ def image_processor_for(dataset_or_stats, image_size: int | None = None, batch_t
     ``dataset_or_stats``: a prepared dataset (see :func:`dataset_stats`), or statistics in any form
     :func:`resolve_stats` takes (a known dataset name, ``NormalizationStats``, ``((r, g, b), (r, g, b))``, ...).
     """
-    from ..models import cifar_image_processor
-
     if isinstance(dataset_or_stats, (str, NormalizationStats, DatasetInfo, dict, tuple, list)):
         stats = resolve_stats(dataset_or_stats)
         size = image_size

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from .errors import DataError
 from .checks import check_labels
-from .loading import INDEX_COLUMN, describe_source, load_with_info
+from .loading import load_with_info
+from .provenance import INDEX_COLUMN, describe_source
 from .registry import StatsLike
 from .transforms import build_transforms
 

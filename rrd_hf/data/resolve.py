@@ -11,7 +11,8 @@ import os
 from dataclasses import dataclass
 
 from .errors import DataError, UnknownSplitError
-from .loading import describe_source, infer_dataset_info, load_image_dataset
+from .loading import infer_dataset_info, load_image_dataset
+from .provenance import describe_source
 from .registry import DatasetInfo, NormalizationStats, StatsLike, find_dataset_info, resolve_stats
 
 __all__ = ["ResolvedDataset", "resolve_dataset", "EVAL_SPLIT_NAMES", "TRAIN_SPLIT_NAMES"]

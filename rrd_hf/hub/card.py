@@ -31,7 +31,7 @@ from .facts import (
 )
 from .hyperparameters import Progress, hyperparameter_rows
 from .objective import describe_objective, loss_formula, recorded_terms, resolve_objective
-from .record import (
+from ..runs.record import (
     RUN_INFO_NAME,
     figures,
     newest_trainer_state,
@@ -149,7 +149,7 @@ def build_model_card(
     """The `huggingface_hub.ModelCard` of a saved student (or teacher) folder.
 
     Explicit arguments win over what the folder records (see the module docstring). `training_args`: a dict,
-    `TrainingArguments` or the path of a JSON file. `results` is a `rrd_hf.results.summarize_log_history` dict
+    `TrainingArguments` or the path of a JSON file. `results` is a `rrd_hf.runs.results.summarize_log_history` dict
     (top-1/top-5 in %); `report` picks which evaluation goes into the model-index ("auto": the best one only when
     `load_best_model_at_end` loaded it, else the last one, i.e. the evaluation of the weights being published).
     `base_model` is only for a student *initialised* from a Hub checkpoint; the teacher never goes there.
@@ -157,7 +157,7 @@ def build_model_card(
     """
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-    from ..results import summarize_log_history
+    from ..runs.results import summarize_log_history
 
     folder = os.fspath(checkpoint_dir)
     if kind not in TEMPLATE_NAMES:

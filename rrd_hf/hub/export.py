@@ -23,7 +23,7 @@ import shutil
 from .card import build_model_card
 from .custom_code import check_code_trust, module_closure, requires_remote_code
 from .errors import ExportError
-from .record import figures, read_json
+from ..runs.record import figures, read_json
 
 logger = logging.getLogger(__name__)
 

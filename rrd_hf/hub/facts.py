@@ -6,7 +6,7 @@ import math
 import os
 import re
 
-from .record import read_json
+from ..runs.record import read_json
 
 NOT_RECORDED = "not recorded"
 HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ..config import LossTerm
+from ..methods.objective import LossTerm
 from .facts import NOT_RECORDED, fmt
 from .objective import objective_rows
 

@@ -5,12 +5,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 from pathlib import Path
 
-from .card import build_model_card
-from .errors import HubPublishError
-from .record import (
+from ..data.provenance import known_dataset_name
+from ..runs.record import (
     RUN_INFO_NAME,
     evaluation_facts,
     hardware_description,
@@ -19,33 +17,12 @@ from .record import (
     training_args_dict,
     write_training_args,
 )
+from ..runs.results import summarize_log_history
+from .card import build_model_card
+from .errors import HubPublishError
 from .upload import push_to_hub
 
 logger = logging.getLogger(__name__)
-
-
-def dataset_name_of(dataset) -> str | None:
-    """Known-dataset name of a training set (prepared `datasets.Dataset` or `InMemoryImageDataset`), if recognisable."""
-    if dataset is None:
-        return None
-    try:
-        from ..data import KNOWN_DATASETS
-        from ..data.loading import infer_dataset_info
-
-        names = getattr(dataset, "class_names", None)
-        if names is not None:
-            for info in KNOWN_DATASETS.values():
-                if info.class_names is not None and tuple(names) == tuple(info.class_names):
-                    return info.name
-            if len(names) == 200 and all(re.fullmatch(r"n\d{8}", str(n)) for n in names):
-                return "tiny-imagenet"  # its class names are WordNet ids
-            return None
-        if hasattr(dataset, "features"):
-            info = infer_dataset_info(dataset=dataset)
-            return info.name if info is not None else None
-    except Exception:
-        return None
-    return None
 
 
 def architecture_of(model) -> str | None:
@@ -89,8 +66,6 @@ class HubMixin:
         return name or getattr(self.args, "teacher_model_name_or_path", None)
 
     def _rrd_run_info(self, dataset: str | None = None) -> dict:
-        from ..results import summarize_log_history
-
         world_size = getattr(getattr(self, "accelerator", None), "num_processes", None) or self.args.world_size
         history = list(self.state.log_history)
         return {
@@ -101,7 +76,7 @@ class HubMixin:
             "teacher_architecture": architecture_of(getattr(self, "teacher", None)),
             # "" = built from a config (random init); a path/id = the weights it started from
             "student_init": getattr(self.model, "name_or_path", None),
-            "dataset": dataset or dataset_name_of(self.train_dataset),
+            "dataset": dataset or known_dataset_name(self.train_dataset),
             "global_step": self.state.global_step,
             "epoch": self.state.epoch,
             "train_runtime": runtime_from_logs(history),

@@ -12,7 +12,8 @@ import json
 import re
 from collections.abc import Mapping
 
-from ..config import LossTerm, resolve_loss_terms
+from ..methods.objective import LossTerm, resolve_loss_terms
+from ..methods.rrd import DEFAULT_MOMENTUM_ANCHORS
 from .facts import fmt
 
 #: Display names that are not simply the method's name in capitals.
@@ -27,6 +28,7 @@ _RRD_SETTINGS = (
     ("memory_type", "memory type"),
     ("memory_size", "memory size K"),
     ("memory_momentum", "memory momentum"),
+    ("num_anchors", "anchors drawn per step"),
     ("embedding_dim", "embedding dim (projection heads)"),
 )
 _KD_SETTINGS = (("temperature", "KD temperature T"),)
@@ -34,7 +36,7 @@ _OPTIONAL = {"rrd_preset"}  # shown only when set
 
 
 def resolve_objective(args: Mapping) -> tuple[float | None, list[LossTerm]]:
-    """(ce_weight, terms) from saved training arguments, as the trainer resolves them (`rrd_hf.config.
+    """(ce_weight, terms) from saved training arguments, as the trainer resolves them (`rrd_hf.methods.objective.
     resolve_loss_terms`: `distill_terms`, or the shorthand fields of newer and older runs). Terms of weight 0 were
     switched off and are not listed."""
     ce_weight, terms = resolve_loss_terms(args)
@@ -110,8 +112,13 @@ def objective_rows(objective: tuple[float | None, list[LossTerm]], args: Mapping
             value = term.kwargs.get(key)
             if key in _OPTIONAL and not value:
                 continue
-            if key == "memory_momentum" and term.kwargs.get("memory_type") != "momentum":
-                continue  # only the momentum memory has one
+            momentum = term.kwargs.get("memory_type") == "momentum"
+            if key in ("memory_momentum", "num_anchors") and not momentum:
+                continue  # only the momentum memory has them
+            if key == "memory_size" and momentum:
+                continue  # one slot per training sample
+            if key == "num_anchors" and value is None:
+                value = DEFAULT_MOMENTUM_ANCHORS
             rows.append((label, fmt(value)))
         known = {key for key, _ in settings}
         if settings:  # what the trainer resolved beyond the usual settings

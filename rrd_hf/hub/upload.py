@@ -16,7 +16,7 @@ logger = logging.getLogger(__name__)
 def default_api():
     from huggingface_hub import HfApi
 
-    from .. import __version__
+    from ..version import __version__
 
     return HfApi(library_name="rrd_hf", library_version=__version__)
 

@@ -146,15 +146,12 @@ class DistillationMethod(nn.Module):
     needs_hidden_states: ClassVar[bool] = False
     needs_preact: ClassVar[bool] = False
     needs_index: ClassVar[bool] = False
-    needs_labels: ClassVar[bool] = False
     #: True for methods that want the label of every training sample (`context.dataset_labels`).
     needs_dataset_labels: ClassVar[bool] = False
     #: False for methods whose benchmark adds no term after their init stage (AB, FSP): `forward` is not called.
     main_stage_loss: ClassVar[bool] = True
     #: True for methods that can have an init stage (its length may then be set by `init_epochs`).
     has_init_stage: ClassVar[bool] = False
-    #: What the method reads, for documentation and the cost table.
-    uses: ClassVar[str] = "logits"
 
     def __init__(self, context: MethodContext):
         super().__init__()
@@ -242,7 +239,7 @@ class DistillationMethod(nn.Module):
         self.in_init_stage = False
 
     def extra_repr(self) -> str:
-        return f"name={self.name!r}, default_weight={self.default_weight}, uses={self.uses!r}"
+        return f"name={self.name!r}, default_weight={self.default_weight}"
 
 
 def extra_parameter_count(module: nn.Module, trainable_only: bool = False) -> int:

@@ -35,10 +35,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .base import DistillationMethod, MethodContext, float32_math
-from .memory import DoubleBuffered, check_index_range, momentum_rows
+from .memory import check_index_range, momentum_rows
 from .registry import register_method
 from .rrd import check_temperature
-from .similarity import memory_similarities
 
 __all__ = [
     "CRD",
@@ -65,7 +64,7 @@ def crd_scores(embeddings: torch.Tensor, memory: torch.Tensor, sample_indices: t
             f"sample_indices must be (B, K + 1) with B = {embeddings.shape[0]}, got {tuple(sample_indices.shape)}."
         )
     with float32_math(embeddings):
-        similarities = memory_similarities(embeddings.float(), memory.detach().float())
+        similarities = embeddings.float() @ memory.detach().float().t()
         return torch.exp(similarities.gather(1, sample_indices.long()) / temperature)
 
 
@@ -126,7 +125,7 @@ def _mix_seed(*values: int) -> int:
     return seed
 
 
-class CRDMemory(DoubleBuffered):
+class CRDMemory(nn.Module):
     """The two banks, the normalisers and the seeded sampler of negatives.
 
     Buffers (all in the state dict): `student_bank`, `teacher_bank` (N, D), initialised uniform in
@@ -258,11 +257,14 @@ class CRDMemory(DoubleBuffered):
 
     @torch.no_grad()
     def update(self, student_keys: torch.Tensor, teacher_keys: torch.Tensor, indices: torch.Tensor) -> None:
-        """Momentum update of both banks at `indices`, into their trailing buffers (`rrd_hf.methods.memory`)."""
+        """Momentum update of both banks at `indices`, out of place: each bank becomes a new tensor, so a loss that
+        read the previous banks still backpropagates through them (see `rrd_hf.methods.memory`)."""
         if indices.numel() == 0:
             return
-        self._write_rows("student_bank", *momentum_rows(self.student_bank, student_keys, indices, self.momentum))
-        self._write_rows("teacher_bank", *momentum_rows(self.teacher_bank, teacher_keys, indices, self.momentum))
+        positions, rows = momentum_rows(self.student_bank, student_keys, indices, self.momentum)
+        self.student_bank = self.student_bank.index_copy(0, positions, rows)
+        positions, rows = momentum_rows(self.teacher_bank, teacher_keys, indices, self.momentum)
+        self.teacher_bank = self.teacher_bank.index_copy(0, positions, rows)
         self.num_updates = self.num_updates + 1
         self.updates += 1
 
@@ -285,7 +287,6 @@ class CRD(DistillationMethod):
     needs_index = True
     needs_dataset_labels = True
     default_weight = 0.8
-    uses = "features, index"
 
     def __init__(self, context: MethodContext, embedding_dim: int = 128, num_negatives: int = 16384,
                  temperature: float = 0.07, momentum: float = 0.5, negatives: str | None = None):

@@ -248,7 +248,6 @@ class FitNet(DistillationMethod):
     needs_hidden_states = True
     has_init_stage = True
     default_weight = 100.0
-    uses = "hidden_states[hint_layer=2]"
 
     def __init__(self, context: MethodContext, hint_layer: int = 2, init_epochs: int = 0):
         super().__init__(context)
@@ -278,7 +277,6 @@ class StagePairs(DistillationMethod):
     """Methods that sum a pairwise loss over `zip(feat_s[1:-1], feat_t[1:-1])`."""
 
     needs_hidden_states = True
-    uses = "hidden_states[1:-1]"
 
     def __init__(self, context: MethodContext):
         super().__init__(context)
@@ -337,7 +335,6 @@ class AB(DistillationMethod):
     has_init_stage = True
     default_weight = 1.0
     main_stage_loss = False
-    uses = "hidden_states[1:-1] (preact=True)"
 
     def __init__(self, context: MethodContext, margin: float = 1.0, init_epochs: int = 30):
         super().__init__(context)
@@ -376,7 +373,6 @@ class FT(DistillationMethod):
     needs_hidden_states = True
     has_init_stage = True
     default_weight = 200.0
-    uses = "hidden_states[-2]"
 
     def __init__(self, context: MethodContext, k: float = 0.5, init_epochs: int = 30,
                  init_learning_rate: float | None = None):
@@ -420,7 +416,6 @@ class FSP(DistillationMethod):
     has_init_stage = True
     default_weight = 50.0
     main_stage_loss = False
-    uses = "hidden_states[:-1]"
 
     def __init__(self, context: MethodContext, init_epochs: int = 30):
         super().__init__(context)

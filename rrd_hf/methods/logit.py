@@ -218,9 +218,7 @@ class DKD(DistillationMethod):
     """
 
     name = "dkd"
-    needs_labels = True
     default_weight = 1.0
-    uses = "logits, labels"
     logit_standardization = False
 
     def __init__(

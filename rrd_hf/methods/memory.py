@@ -1,16 +1,16 @@
 """Memories of embeddings that RRD (and CRD's banks, in `crd.py`) compare every sample against.
 
-Neither memory, nor CRD's banks, is ever written where a live autograd graph or any other holder can see it, so a
-loss that still holds an earlier memory is never invalidated by an update, whichever order enqueue and loss run in.
-Each memory keeps two buffers (`TrailingBuffer`): an update writes into the one the previous step read, once its
-backward has released it, and brings it up to date with the previous update's rows too: 2 × batch rows written
-instead of a copy of the whole memory (16384 × 128 for the FIFO ring, 0.3–1 ms of every step on 2 CPU cores; N ×
-128 per bank for the momentum memory and CRD). When something still holds that buffer (a graph not yet
-backpropagated, a view, another name), the update copies the memory as a fresh tensor instead, as it always did.
-So write a memory only through `update` or `load_state_dict` (assigning a new tensor is also fine): an in-place
-edit of the current buffer would be lost at the next update, which starts from the spare.
-Both are deterministic functions of a seed and of the keys they receive: under data parallelism every process
-feeds them the keys gathered from all processes, so every process holds the identical memory.
+Every update is out of place, as in MoCo's queue: the rows are written with `index_copy` (not `index_copy_`) into
+a new tensor, which is then assigned to the buffer. So an update never modifies a tensor a previous loss read: a
+loss computed before an update still backpropagates correctly through the memory it saw, whichever order enqueue
+and loss run in, and two losses summed before one backward each keep their own memory. Writing in place would
+invalidate the saved tensor of any loss not yet backpropagated ("modified by an inplace operation"). The cost is one
+new tensor of the memory's size per update, which the allocator recycles once the last loss that read the old one
+is gone. `load_state_dict` copies into the buffers in place, as for every PyTorch module: load a checkpoint between
+steps, not while a loss that read the memory still awaits its backward.
+
+Both memories are deterministic functions of a seed and of the keys they receive: under data parallelism every
+process feeds them the keys gathered from all processes, so every process holds the identical memory.
 
 No update or read waits for the accelerator: counters that decide random draws are mirrored on the host (restored
 from the state dict when a checkpoint is loaded), random numbers are drawn on the memory's device, and nothing
@@ -19,14 +19,12 @@ data-dependent is read back. Index ranges are checked with asynchronous asserts 
 
 from __future__ import annotations
 
-import sys
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["FifoMemory", "MomentumMemory", "build_memory", "momentum_update", "momentum_rows", "first_occurrence",
-           "check_index_range", "TrailingBuffer", "DoubleBuffered", "MEMORY_TYPES"]
+__all__ = ["FifoMemory", "MomentumMemory", "build_memory", "momentum_rows", "first_occurrence", "check_index_range",
+           "MEMORY_TYPES"]
 
 MEMORY_TYPES = ("fifo", "momentum")
 
@@ -88,78 +86,7 @@ def momentum_rows(memory: torch.Tensor, keys: torch.Tensor, indices: torch.Tenso
     return indices, blended
 
 
-def momentum_update(memory: torch.Tensor, keys: torch.Tensor, indices: torch.Tensor, momentum: float) -> torch.Tensor:
-    """A new bank with rows `indices` set to `normalize(momentum · memory[i] + (1 − momentum) · key)` (out of place)."""
-    indices, rows = momentum_rows(memory, keys, indices, momentum)
-    return memory.index_copy(0, indices, rows) if indices.numel() else memory
-
-
-class TrailingBuffer:
-    """The second buffer of a memory, one update behind: `write` puts rows into it and returns it as the new memory.
-
-    `write(current, positions, rows)` first replays the previous write (the rows this buffer lacks), then writes
-    `rows`, and keeps `current` (which the last loss may still read) as the buffer for the next write. It starts
-    again from a copy of `current` whenever `current` is not the tensor it returned last (the first write, a moved,
-    converted or assigned memory), after `reset` (a loaded state dict, copied in place), and whenever anything else
-    still holds the spare buffer (`_held_elsewhere`).
-    """
-
-    def __init__(self):
-        self.reset()
-
-    def reset(self) -> None:
-        self.spare: torch.Tensor | None = None
-        self.last: tuple[torch.Tensor, torch.Tensor] | None = None
-        self.owner: torch.Tensor | None = None
-
-    def _held_elsewhere(self) -> bool:
-        """Whether anything besides this object holds the spare buffer: an autograd graph that saved it or a view of
-        it (a loss not yet backpropagated), a view, another Python name. Read from reference counts (PyTorch's
-        private counters: where they cannot be read, the buffer counts as held)."""
-        spare = self.spare  # references here: self.spare, `spare`, getrefcount's argument
-        try:
-            return (sys.getrefcount(spare) > 3 or spare._use_count() > 1
-                    or torch._C._storage_Use_Count(spare.untyped_storage()._cdata) > 2)  # + the temporary wrapper
-        except (AttributeError, RuntimeError, TypeError):
-            return True
-
-    def write(self, current: torch.Tensor, positions: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        if self.owner is not current or self.spare is None or self._held_elsewhere():
-            self.spare, self.last = current.clone(), None
-        spare = self.spare
-        if self.last is not None:
-            spare.index_copy_(0, *self.last)
-        spare.index_copy_(0, positions, rows)
-        self.spare, self.last, self.owner = current, (positions, rows.clone()), spare
-        return spare
-
-
-class DoubleBuffered(nn.Module):
-    """Writes rows of its buffers through `TrailingBuffer`s (see the module docstring)."""
-
-    def __init__(self):
-        super().__init__()
-        self._trailing_buffers: dict[str, TrailingBuffer] = {}
-
-    def _write_rows(self, name: str, positions: torch.Tensor, rows: torch.Tensor) -> None:
-        """Buffer `name` with `rows` at `positions`, written into its trailing buffer, which becomes the buffer."""
-        trailing = self._trailing_buffers.setdefault(name, TrailingBuffer())
-        setattr(self, name, trailing.write(getattr(self, name), positions, rows))
-
-    def _reset_trailing(self) -> None:
-        for trailing in self._trailing_buffers.values():
-            trailing.reset()
-
-    def _apply(self, fn, recurse=True):
-        self._reset_trailing()  # moved or converted: the spare buffers would stay behind
-        return super()._apply(fn, recurse)
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        self._reset_trailing()  # loaded in place: the spare buffers no longer trail by one update
-
-
-class _HostCounter(DoubleBuffered):
+class _HostCounter(nn.Module):
     """Base of the memories: `num_updates` lives in the state dict and, for the random draws, on the host."""
 
     def __init__(self):
@@ -218,7 +145,7 @@ class FifoMemory(_HostCounter):
         skipped = max(n - self.size, 0)
         keys = keys[skipped:]
         positions = (self.pointer + skipped + torch.arange(keys.shape[0], device=keys.device)) % self.size
-        self._write_rows("keys", positions, keys)
+        self.keys = self.keys.index_copy(0, positions, keys)  # out of place: see the module docstring
         self.pointer = (self.pointer + n) % self.size
         self.num_written = self.num_written + n
         self._count_update()
@@ -282,7 +209,8 @@ class MomentumMemory(_HostCounter):
         indices = indices.detach().to(device=self.keys.device, dtype=torch.long).reshape(-1)
         if indices.numel() == 0:
             return
-        self._write_rows("keys", *momentum_rows(self.keys, keys, indices, self.momentum))
+        indices, rows = momentum_rows(self.keys, keys, indices, self.momentum)
+        self.keys = self.keys.index_copy(0, indices, rows)  # out of place: see the module docstring
         self.written = self.written.index_fill(0, indices, True)
         self._count_update()
 
@@ -294,13 +222,15 @@ def build_memory(
     *,
     num_samples: int | None = None,
     momentum: float = 0.5,
+    num_anchors: int | None = 16384,
     seed: int = 0,
 ) -> FifoMemory | MomentumMemory:
-    """Build a memory by name: `fifo` (a ring of `size` keys) or `momentum` (one slot per sample, `size` anchors)."""
+    """Build a memory by name: `fifo` (a ring of `size` keys) or `momentum` (one slot per training sample, of which
+    `num_anchors` are drawn at every step; `size` does not apply)."""
     if memory_type == "fifo":
         return FifoMemory(size, dim, seed=seed)
     if memory_type == "momentum":
         if num_samples is None:
             raise ValueError("memory_type='momentum' needs num_samples (the length of the training dataset).")
-        return MomentumMemory(num_samples, dim, momentum=momentum, num_anchors=size, seed=seed)
+        return MomentumMemory(num_samples, dim, momentum=momentum, num_anchors=num_anchors, seed=seed)
     raise ValueError(f"unknown memory_type {memory_type!r}: use one of {MEMORY_TYPES}.")

@@ -159,7 +159,6 @@ class SP(DistillationMethod):
     name = "sp"
     needs_hidden_states = True
     default_weight = 3000.0
-    uses = "hidden_states[-2]"
 
     def forward(self, student, teacher, index=None, labels=None):
         return sp_loss(student.hidden_states[-2], teacher.hidden_states[-2])
@@ -176,7 +175,6 @@ class CC(DistillationMethod):
     name = "cc"
     needs_features = True
     default_weight = 0.02
-    uses = "features"
 
     def __init__(self, context: MethodContext, embedding_dim: int = 128, kernel: str = "repdistiller",
                  gamma: float = 0.4, max_order: int = 2):
@@ -201,7 +199,6 @@ class RKD(DistillationMethod):
     name = "rkd"
     needs_features = True
     default_weight = 1.0
-    uses = "features"
 
     def __init__(self, context: MethodContext, distance_weight: float = 25.0, angle_weight: float = 50.0):
         super().__init__(context)
@@ -218,7 +215,6 @@ class PKT(DistillationMethod):
     name = "pkt"
     needs_features = True
     default_weight = 30000.0
-    uses = "features"
 
     def forward(self, student, teacher, index=None, labels=None):
         return pkt_loss(student.features, teacher.features)

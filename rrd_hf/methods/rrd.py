@@ -13,6 +13,7 @@ it out of the optimizer, out of weight decay and out of DDP's gradient reduction
 
 from __future__ import annotations
 
+import inspect
 import typing
 
 import torch
@@ -22,7 +23,6 @@ import torch.nn.functional as F
 from .base import DistillationMethod, MethodContext, float32_math
 from .memory import MEMORY_TYPES, build_memory
 from .registry import register_method
-from .similarity import memory_similarities
 
 __all__ = ["rrd_loss", "relational_log_probs", "similarity_logits", "check_temperature", "RRD", "RRD_PRESETS",
            "ENQUEUE_ORDERS", "MEMORY_TYPES"]
@@ -30,6 +30,9 @@ __all__ = ["rrd_loss", "relational_log_probs", "similarity_logits", "check_tempe
 ENQUEUE_ORDERS = ("after", "before")
 
 #: Named settings of the method. Explicitly given options override the preset's.
+#: Slots of the momentum memory drawn as anchors at every step, by default (the FIFO memory's published size).
+DEFAULT_MOMENTUM_ANCHORS = 16384
+
 RRD_PRESETS: dict[str, dict[str, typing.Any]] = {
     # The setting of the authors' 2024 code, which produced every published CIFAR-100 and transfer number:
     # a sharper *student* and the current batch enqueued after the similarities are computed.
@@ -49,10 +52,9 @@ def similarity_logits(embeddings: torch.Tensor, memory: torch.Tensor, temperatur
     """`embeddings · memoryᵀ / temperature` in float32, shape (B, K).
 
     The (B, D) embeddings are divided, not the (B, K) similarities: the same numbers up to float rounding, with
-    K/D times less elementwise work in the forward and in the backward pass (K = 16384, D = 128 in the paper). The
-    product itself runs on oneDNN on CPU (`memory_similarities`).
+    K/D times less elementwise work in the forward and in the backward pass (K = 16384, D = 128 in the paper).
     """
-    return memory_similarities(embeddings.float() / temperature, memory.float())
+    return (embeddings.float() / temperature) @ memory.float().t()
 
 
 def relational_log_probs(embeddings: torch.Tensor, memory: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -105,16 +107,16 @@ class RRD(DistillationMethod):
 
     * `student_head`: Linear(student features → embedding_dim), L2-normalised, trained with the student.
     * `teacher_head`: Linear(teacher features → embedding_dim), L2-normalised, frozen.
-    * `memory`: `fifo` (ring of `memory_size` keys) or `momentum` (one slot per training sample, `memory_size`
-      anchors drawn per step; needs the batch `index`), updated in training mode only, with the teacher keys of
-      every process (`context.gather`), so every process holds the same memory. `enqueue="before"` writes the
-      batch first (its own keys become anchors), `"after"` compares with previous batches only.
+    * `memory`: `fifo` (a ring of the `memory_size` newest teacher keys) or `momentum` (one slot per training sample,
+      needs the batch `index`; `num_anchors` slots drawn at every step), updated in training mode only, with the
+      teacher keys of every process (`context.gather`), so every process holds the same memory.
+      `enqueue="before"` writes the batch first (its own keys become anchors), `"after"` compares with previous
+      batches only.
     """
 
     name = "rrd"
     default_weight = 1.0
     needs_features = True
-    uses = "features (+ index for the momentum memory)"
 
     def __init__(
         self,
@@ -126,11 +128,12 @@ class RRD(DistillationMethod):
         enqueue: str = "after",
         memory_type: str = "fifo",
         memory_momentum: float = 0.5,
+        num_anchors: int | None = None,
     ):
         super().__init__(context)
         options = dict(embedding_dim=embedding_dim, memory_size=memory_size, student_temperature=student_temperature,
                        teacher_temperature=teacher_temperature, enqueue=enqueue, memory_type=memory_type,
-                       memory_momentum=memory_momentum)
+                       memory_momentum=memory_momentum, num_anchors=num_anchors)
         self.check_options(options, global_batch_size=context.global_batch_size)
         if memory_type == "momentum" and context.num_samples is None:
             raise ValueError("memory_type='momentum' keeps one slot per training sample: the context needs "
@@ -141,7 +144,8 @@ class RRD(DistillationMethod):
         self.student_head = nn.Linear(context.student.features.flatten(1).shape[1], embedding_dim)
         self.teacher_head = nn.Linear(context.teacher.features.flatten(1).shape[1], embedding_dim).requires_grad_(False)
         self.memory = build_memory(memory_type, embedding_dim, memory_size, num_samples=context.num_samples,
-                                   momentum=memory_momentum, seed=context.seed)
+                                   momentum=memory_momentum, seed=context.seed,
+                                   num_anchors=DEFAULT_MOMENTUM_ANCHORS if num_anchors is None else num_anchors)
         self.needs_index = self.memory.needs_indices  # the momentum memory is addressed by dataset index
 
     @classmethod
@@ -158,6 +162,13 @@ class RRD(DistillationMethod):
             raise ValueError(f"memory_momentum must be in [0, 1), got {options['memory_momentum']}.")
         if options.get("embedding_dim", 128) < 1 or options.get("memory_size", 16384) < 1:
             raise ValueError("embedding_dim and memory_size must be >= 1.")
+        num_anchors = options.get("num_anchors")
+        if num_anchors is not None:
+            if memory_type != "momentum":
+                raise ValueError(f"num_anchors={num_anchors} applies to the momentum memory only (the FIFO memory "
+                                 "compares with all of its memory_size keys): remove it or set memory_type='momentum'.")
+            if num_anchors < 1:
+                raise ValueError(f"num_anchors must be >= 1, got {num_anchors}.")
         memory_size = options.get("memory_size", 16384)
         if memory_type == "fifo" and global_batch_size is not None and memory_size < global_batch_size:
             # One step would overwrite the whole memory.
@@ -190,3 +201,7 @@ class RRD(DistillationMethod):
         if update and self.enqueue == "after":
             self.memory.update(keys, indices)
         return loss
+
+
+#: The options of the `rrd` method, read from its signature: `RRDConfig` has a field of the same name for each.
+RRD_OPTION_FIELDS = tuple(inspect.signature(RRD.__init__).parameters)[2:]

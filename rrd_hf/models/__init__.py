@@ -23,7 +23,6 @@ from .modeling_cifar_shufflenetv1 import CifarShuffleNetV1ForImageClassification
 from .modeling_cifar_shufflenetv2 import CifarShuffleNetV2ForImageClassification
 from .modeling_cifar_vgg import CifarVGGForImageClassification
 from .modeling_cifar_wrn import CifarWideResNetForImageClassification
-from .processing import CIFAR100_MEAN, CIFAR100_STD, cifar_image_processor, save_pretrained_with_processor
 from .zoo import (
     FAMILIES,
     FEATURE_DIMS,
@@ -46,8 +45,6 @@ def _register() -> None:
 _register()
 
 __all__ = [
-    "CIFAR100_MEAN",
-    "CIFAR100_STD",
     "FEATURE_DIMS",
     "MODEL_NAMES",
     "VGG_STAGES",
@@ -68,9 +65,7 @@ __all__ = [
     "CifarWideResNetConfig",
     "CifarWideResNetForImageClassification",
     "build_model",
-    "cifar_image_processor",
     "convert_repdistiller_state_dict",
     "get_config",
     "resolve_model_name",
-    "save_pretrained_with_processor",
 ]

@@ -48,14 +48,6 @@ class CifarConfig(PreTrainedConfig):
         raise NotImplementedError
 
 
-def unobserved(*modules: nn.Module) -> bool:
-    """No forward hook can be holding the outputs of `modules`, so the next ReLU or residual addition may overwrite
-    them in place: the same values, one freshly allocated feature map less (resnet20's eval forward plus resnet8's
-    training step 0.97× on CPU). Autograd allows it after a convolution or a BatchNorm, whose backward does not
-    read their output."""
-    return not (nn.modules.module._global_forward_hooks or any(module._forward_hooks for module in modules))
-
-
 def global_pool(x: torch.Tensor) -> torch.Tensor:
     """Global average pooling, flattened to (B, C).
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._cifar_common import CifarPreTrainedModel, global_pool, unobserved
+from ._cifar_common import CifarPreTrainedModel, global_pool
 from .configuration_cifar_resnet import CifarResNetConfig
 
 
@@ -15,24 +15,13 @@ def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride, padding=1, bias=False)
 
 
-def _add_residual_and_relu(block: nn.Module, preact: torch.Tensor, residual: torch.Tensor, last: tuple[nn.Module, ...],
-                           keep_preact: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """`(relu(preact + residual), preact + residual)`, overwriting the BatchNorm output `preact` where nothing can
-    see it: the addition when no hook observes the modules `last` that produced it, and the ReLU as well when the
-    caller does not want the pre-ReLU map (`keep_preact=False`: `None` is returned in its place) and no hook
-    observes the block. Only the last block of a stage hands its pre-ReLU map out, and only with `preact=True`."""
-    if not unobserved(*last):
-        preact = preact + residual
-        return F.relu(preact), preact
-    preact = preact.add_(residual)
-    if keep_preact or not unobserved(block):
-        return F.relu(preact), preact
-    return F.relu_(preact), None
-
-
 class BasicBlock(nn.Module):
-    """Returns ``(out, preact)``, so a stage can hand out its pre-ReLU output without a second pass; ``preact`` is
-    None when the caller passes ``keep_preact=False`` and no hook observes the block (the ReLU then runs in place)."""
+    """Returns ``(out, preact)``, so a stage can hand out its pre-ReLU output without a second pass.
+
+    Every ReLU and the residual addition are out of place, as in the reference: a BatchNorm output overwritten in
+    place breaks full backward hooks on that BatchNorm (autograd rejects in-place changes to the views those hooks
+    return), and gradient-inspection tools register exactly such hooks.
+    """
 
     expansion = 1
 
@@ -44,15 +33,16 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         self.downsample = downsample
 
-    def forward(self, x: torch.Tensor, keep_preact: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         residual = x if self.downsample is None else self.downsample(x)
-        out = F.relu(self.bn1(self.conv1(x)), inplace=unobserved(self.conv1, self.bn1))
-        return _add_residual_and_relu(self, self.bn2(self.conv2(out)), residual, (self.conv2, self.bn2), keep_preact)
+        out = F.relu(self.bn1(self.conv1(x)))
+        preact = self.bn2(self.conv2(out)) + residual
+        return F.relu(preact), preact
 
 
 class Bottleneck(nn.Module):
-    """Returns ``(out, preact)`` as `BasicBlock` does. Kept because the reference ResNet class supports it (depth
-    9n+2)."""
+    """Returns ``(out, preact)`` as `BasicBlock` does, out of place for the same reason. Kept because the reference
+    ResNet class supports it (depth 9n+2)."""
 
     expansion = 4
 
@@ -66,18 +56,19 @@ class Bottleneck(nn.Module):
         self.bn3 = nn.BatchNorm2d(planes * 4)
         self.downsample = downsample
 
-    def forward(self, x: torch.Tensor, keep_preact: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         residual = x if self.downsample is None else self.downsample(x)
-        out = F.relu(self.bn1(self.conv1(x)), inplace=unobserved(self.conv1, self.bn1))
-        out = F.relu(self.bn2(self.conv2(out)), inplace=unobserved(self.conv2, self.bn2))
-        return _add_residual_and_relu(self, self.bn3(self.conv3(out)), residual, (self.conv3, self.bn3), keep_preact)
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn2(self.conv2(out)))
+        preact = self.bn3(self.conv3(out)) + residual
+        return F.relu(preact), preact
 
 
-def _run_stage(stage: nn.Sequential, x: torch.Tensor, keep_preact: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The stage's output and, with `keep_preact`, its last block's pre-ReLU map (else `None`)."""
-    preact = None
-    for i, block in enumerate(stage):
-        x, preact = block(x, keep_preact=keep_preact and i == len(stage) - 1)
+def _run_stage(stage: nn.Sequential, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The stage's output and its last block's pre-ReLU map."""
+    preact = x
+    for block in stage:
+        x, preact = block(x)
     return x, preact
 
 
@@ -135,10 +126,10 @@ class CifarResNetForImageClassification(CifarPreTrainedModel):
         return nn.Sequential(*layers)
 
     def _forward_features(self, pixel_values: torch.Tensor, preact: bool):
-        f0 = F.relu(self.bn1(self.conv1(pixel_values)), inplace=unobserved(self.conv1, self.bn1))
-        f1, f1_pre = _run_stage(self.layer1, f0, preact)
-        f2, f2_pre = _run_stage(self.layer2, f1, preact)
-        f3, f3_pre = _run_stage(self.layer3, f2, preact)
+        f0 = F.relu(self.bn1(self.conv1(pixel_values)))
+        f1, f1_pre = _run_stage(self.layer1, f0)
+        f2, f2_pre = _run_stage(self.layer2, f1)
+        f3, f3_pre = _run_stage(self.layer3, f2)
         pooled = global_pool(f3)
         features = [f0, f1_pre, f2_pre, f3_pre] if preact else [f0, f1, f2, f3]
         return features, pooled

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The prepared CUDA run: one command on a fresh device machine (one H200; the device tool's limits: 600 s per
-# command, 64 MiB carried, 8 files back from $OUT). See docs/performance.md for the preparation and the call.
+# The prepared CUDA run: one command on a fresh GPU machine (600 s per command, 64 MiB carried, 8 files back from
+# $OUT). See benchmarks/README.md ("The GPU run") for the preparation and the call.
 #
 #   1. installs the carried wheels (.whl/, benchmarks/device_wheels.txt) into a private folder and fails early
 #      without CUDA, data or a working import of rrd_hf;
@@ -9,6 +9,10 @@
 #   3. accuracy: a resnet32x4 teacher, then resnet8x4 alone, with KD, RRD and RRD+KD on the full CIFAR-10,
 #      top-1/top-5 every epoch (the same harness, rrd_hf side only);
 #   4. writes only results under $OUT: env.json, speed.json, speed.csv, accuracy.json, accuracy.csv, log.txt.
+#      speed.json and accuracy.json are result files (benchmarks/json_output.py, tags "speed" and "accuracy");
+#      `python benchmarks/json_output.py speed.json accuracy.json` copies them to benchmarks/results/ under their
+#      names. Put RRD_HF_COMMIT=<what `python benchmarks/json_output.py --commit` prints in the checkout> in the
+#      command: the GPU machine has no .git, and the files record the commit.
 #
 # Each phase gets a deadline (side_by_side.py starts no run that would end after it) and a hard timeout; results
 # are rewritten after every run, so a phase cut short still returns what it measured.
@@ -27,7 +31,7 @@ WHEELS="${WHEELS:-.whl}"
 WORK="${WORK:-/tmp/rrd_hf_device}"
 BUDGET_S="${BUDGET_S:-550}"                # the whole script; the tool kills a command at 600 s
 SPEED_BUDGET_S="${SPEED_BUDGET_S:-220}"
-PER_SAMPLE_FLAGS="${PER_SAMPLE_FLAGS:---data_path per_sample}"
+PER_SAMPLE_FLAGS="${PER_SAMPLE_FLAGS:---data_pipeline per_sample}"
 ACCURACY_FLAGS="${ACCURACY_FLAGS:-}"            # rrd_hf's default data path
 if [ "$DRY_RUN" = 1 ]; then               # the same steps on a tiny budget, on the CPU
   SPEED_PAIRS="${SPEED_PAIRS:-resnet20-resnet8}"
@@ -60,7 +64,7 @@ if compgen -G "$WHEELS/*.whl" > /dev/null; then
     export PYTHONPATH="$WORK/site"
   fi
 else
-  echo "no wheels in $WHEELS/: using the installed packages (the device machine has no 'datasets': see docs/performance.md)"
+  echo "no wheels in $WHEELS/: using the installed packages (see benchmarks/README.md for the wheels to carry)"
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
@@ -83,7 +87,7 @@ if not torch.cuda.is_available() and not dry_run:
     sys.exit("no CUDA device visible to torch: this script measures the GPU (DRY_RUN=1 runs its steps on the CPU).")
 data = Path(os.environ["DATA"])
 if not sorted(data.glob("**/train-*.parquet")):
-    sys.exit(f"no CIFAR-10 at {data}/: copy ../shared/data/cifar10 there and carry it (see docs/performance.md).")
+    sys.exit(f"no CIFAR-10 at {data}/: put a copy in the Hub layout there and carry it (see benchmarks/README.md).")
 import datasets  # noqa: E402,F401
 import transformers  # noqa: E402
 
@@ -125,7 +129,7 @@ if [[ " $PHASES " == *" speed "* ]]; then
   timeout -k 5 "$budget" "$PYTHON" benchmarks/side_by_side.py "${common[@]}" --pairs "$SPEED_PAIRS" \
     --methods "$SPEED_METHODS" --num-images "$SPEED_IMAGES" --repeats 1 --deadline $(( budget - 10 )) \
     --variant "per_sample=$PER_SAMPLE_FLAGS" --reference per_sample --work-dir "$WORK/speed" \
-    --json "$OUT/speed.json" --csv "$OUT/speed.csv" || echo "speed phase ended with status $?"
+    --json "$OUT/speed.json" --tag speed --csv "$OUT/speed.csv" || echo "speed phase ended with status $?"
 fi
 
 # --- 3. accuracy: teacher, then the students on the full split --------------------------------------------------------
@@ -136,7 +140,7 @@ if [[ " $PHASES " == *" accuracy "* ]]; then
     --sides rrd_hf --methods "$ACCURACY_METHODS" --num-images "$ACCURACY_IMAGES" --num-eval-images "$EVAL_IMAGES" \
     --epochs "$EPOCHS" --teacher-epochs "$TEACHER_EPOCHS" --eval --lr-schedule cosine --repeats 1 \
     --rrd-flags "$ACCURACY_FLAGS" --deadline $(( budget - 10 )) --work-dir "$WORK/accuracy" \
-    --json "$OUT/accuracy.json" --csv "$OUT/accuracy.csv" || echo "accuracy phase ended with status $?"
+    --json "$OUT/accuracy.json" --tag accuracy --csv "$OUT/accuracy.csv" || echo "accuracy phase ended with status $?"
 fi
 
 # --- 4. the tables last, where the tool's output tail shows them ---------------------------------------------------

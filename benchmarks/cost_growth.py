@@ -10,9 +10,12 @@ the backward and the update (every method step runs KD too).
 The dataset enters only through its size (a stand-in train set with labels and indices, never iterated), which
 sizes the momentum memory and CRD's banks; FIFO RRD does not depend on it, which the table shows as a control.
 
-    python benchmarks/cost_growth.py                   # three sweeps, about 5-10 minutes on a 2-core CPU
-    python benchmarks/cost_growth.py --quick           # two values per sweep, a couple of minutes
+    python benchmarks/cost_growth.py                   # three sweeps
+    python benchmarks/cost_growth.py --quick           # two values per sweep, 2 timed steps
     python benchmarks/cost_growth.py --sweeps memory --memory-sizes 1024 65536 --steps 10
+
+The table goes to a result file, benchmarks/results/cost_growth-<hardware>-torch<version>-<commit>.json by default
+(benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from json_output import write_json  # noqa: E402
+from json_output import add_result_arguments, write_result  # noqa: E402
 
 METHODS = {  # name: RRDConfig fields (K is filled in per point)
     "RRD fifo": lambda k: {"rrd_weight": 1.0, "memory_type": "fifo", "memory_size": k},
@@ -146,11 +149,12 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--cpu", action="store_true", help="stay on the CPU even when CUDA is available")
     parser.add_argument("--quick", action="store_true", help="two values per sweep, 2 timed steps")
-    parser.add_argument("--json", default=None, help="also write the table to this JSON file")
+    add_result_arguments(parser)
     args = parser.parse_args(argv)
     if args.quick:
         args.memory_sizes, args.batch_sizes, args.dataset_sizes = [1024, 16384], [32, 128], [10_000, 50_000]
         args.steps, args.warmup = 2, 1
+        args.tag = args.tag or "quick"  # never under the name of a full sweep
 
     import torch
 
@@ -224,9 +228,10 @@ def main(argv=None) -> list[dict]:
             print(f"  {method:<13} state {' -> '.join(format(e, ',') for e in elements)} elements over N = "
                   f"{', '.join(format(n, ',') for n in args.dataset_sizes)}: "
                   f"{'grows with the dataset' if grows else 'independent of the dataset'}")
-    if args.json:
-        write_json(args.json, {"device": where, "teacher": args.teacher, "student": args.student,
-                               "reference": {str(b): t * 1e3 for b, t in reference.items()}, "rows": rows})
+    write_result(args, "cost_growth", {"device": where, "teacher": args.teacher, "student": args.student,
+                                       "num_labels": args.num_labels, "steps": args.steps, "warmup": args.warmup,
+                                       "reference": {str(b): t * 1e3 for b, t in reference.items()}, "rows": rows},
+                 device="cpu" if args.cpu else "cuda", argv=argv)
     return rows
 
 

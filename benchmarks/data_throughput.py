@@ -6,7 +6,9 @@
     ``InMemoryImageDataset`` through a ``DataLoader`` (batch 64) and ``DeviceAugmentation`` on the batch (here the
     "device" is the CPU), and the same without a ``DataLoader`` (index the tensor directly).
 
-Uses real CIFAR-10 from ../shared/data/cifar10 when present, else generated 32x32 images.
+Data: the CIFAR-10 folder (Hub layout) given with `--data`, else `$RRD_HF_CIFAR10`, else the repository's
+`data/cifar10` (ignored by git) when present; otherwise generated 32x32 images. The result file goes to
+benchmarks/results/ (benchmarks/README.md).
 
     python benchmarks/data_throughput.py                  # 10,000 training images, both paths
     python benchmarks/data_throughput.py --num-images 0   # the whole split
@@ -27,8 +29,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
-from json_output import write_json  # noqa: E402
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "cifar10"
+from json_output import add_result_arguments, write_result  # noqa: E402
+from side_by_side import default_data  # noqa: E402
 
 
 def generated_cifar10(n: int):
@@ -58,14 +60,16 @@ def timed_epoch(loader, step=None) -> tuple[int, float]:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=str(DEFAULT_DATA), help="CIFAR-10 folder (default: ../shared/data/cifar10)")
+    parser.add_argument("--data", default=None, help="CIFAR-10 folder in the Hub layout (default: $RRD_HF_CIFAR10, "
+                                                      "else data/cifar10, else generated images)")
     parser.add_argument("--num-images", type=int, default=10_000, help="training images to use (0: all)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="DataLoader workers for path (a)")
     parser.add_argument("--fast-epochs", type=int, default=3, help="epochs timed for path (b) (best is reported)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
-    parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+    add_result_arguments(parser)
     args = parser.parse_args(argv)
+    args.data = args.data or str(default_data())
 
     import torch
     from transformers import default_data_collator
@@ -143,8 +147,7 @@ def main(argv=None) -> dict:
           f"({first_epoch / per_sample_best:.1f}x the best per-sample path)")
     summary = {"data": origin, "images": n, "batch_size": args.batch_size, "rows": results,
                "ratio_fast_dataloader_vs_per_sample": ratio_loader, "ratio_fast_indexing_vs_per_sample": ratio_direct}
-    if args.json:
-        write_json(args.json, summary)
+    write_result(args, "data_throughput", summary, device="cpu", argv=argv)
     return summary
 
 

@@ -16,7 +16,11 @@ which removes the overlap of host and device work: compare the parts, not the to
 
     python benchmarks/profile_step.py                                # resnet32x4 -> resnet8x4, KD, 20 steps
     python benchmarks/profile_step.py --pair resnet20-resnet8 --method RRD --steps 30
-    python benchmarks/profile_step.py --rrd-flags "--data_path per_sample" --trace   # + torch.profiler tables
+    python benchmarks/profile_step.py --rrd-flags "--data_pipeline per_sample" --trace   # + torch.profiler tables
+
+Data as in side_by_side.py (`--data`, else `$RRD_HF_CIFAR10`, else data/cifar10, else generated images). The table
+goes to a result file, benchmarks/results/profile_step-<hardware>-torch<version>-<commit>.json by default
+(benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import side_by_side as sbs  # noqa: E402
-from json_output import write_json  # noqa: E402
+from json_output import add_result_arguments, write_result  # noqa: E402
 from plain_loop import PlainRun  # noqa: E402
 
 PARTS = ("data loading", "inputs to device (+ augmentation)", "student forward", "teacher forward", "loss / method",
@@ -232,7 +236,8 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pair", default="resnet32x4-resnet8x4", choices=list(sbs.PAIRS))
     parser.add_argument("--method", default="KD", choices=list(sbs.METHODS))
-    parser.add_argument("--data", default=None, help="CIFAR-10 folder (default ../shared/data/cifar10, else generated)")
+    parser.add_argument("--data", default=None, help="CIFAR-10 folder in the Hub layout (default $RRD_HF_CIFAR10, else "
+                                                      "data/cifar10, else generated images)")
     parser.add_argument("--generated", action="store_true")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2)
@@ -245,7 +250,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--trace", action="store_true", help="also print torch.profiler's top operators per side")
     parser.add_argument("--cpu", action="store_true")
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--json", default=None, help="write the per-step milliseconds to this JSON file")
+    add_result_arguments(parser)
     args = parser.parse_args(argv)
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -265,7 +270,7 @@ def main(argv=None) -> dict:
     results = {}
     with tempfile.TemporaryDirectory(prefix="profile_step_") as tmp:
         work = Path(tmp)
-        data = Path(args.data) if args.data else sbs.DEFAULT_DATA
+        data = Path(args.data) if args.data else sbs.default_data()
         if args.generated or not data.is_dir():
             data = sbs.generate_cifar10(work / "data", num_images, args.batch_size)
             origin = "generated images"
@@ -311,9 +316,11 @@ def main(argv=None) -> dict:
                 sort = "self_cuda_time_total" if cuda else "self_cpu_time_total"
                 print(f"\n== {side}: torch.profiler, top operators over the timed steps")
                 print(timer.profiler.key_averages().table(sort_by=sort, row_limit=20))
-    if args.json:
-        write_json(args.json, {"pair": args.pair, "method": args.method, "device": where, "steps": args.steps,
-                               "ms_per_step": results})
+    write_result(args, "profile_step", {"pair": args.pair, "method": args.method, "device": where, "data": origin,
+                                        "batch_size": args.batch_size, "workers": args.workers, "warmup": args.warmup,
+                                        "steps": args.steps, "rounds": args.rounds, "rrd_flags": args.rrd_flags,
+                                        "synchronised": cuda and not args.no_sync, "ms_per_step": results},
+                 device="cuda" if cuda else "cpu", argv=argv)
     return results
 
 

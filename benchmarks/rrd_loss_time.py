@@ -1,11 +1,11 @@
 """rrd_hf's RRD loss against the same loss written the textbook way, forward + backward, timed in one run.
 
-The textbook form (the paper's formula as most code writes it, and rrd_hf's before this change) divides the (B, K)
-similarity matrices by the temperature and takes the teacher's distribution as `exp(log_softmax(·))`. rrd_hf's
-`rrd_loss` divides the (B, D) embeddings instead and takes the teacher's `softmax` directly: the same numbers up to
-float rounding (checked here), K/D times less elementwise work on the temperature and one (B, K) pass less.
+The textbook form (the paper's formula as most code writes it) divides the (B, K) similarity matrices by the
+temperature and takes the teacher's distribution as `exp(log_softmax(·))`. rrd_hf's `rrd_loss` divides the (B, D)
+embeddings instead and takes the teacher's `softmax` directly: the same numbers up to float rounding (checked here
+before any time is printed), K/D times less elementwise work on the temperature and one (B, K) pass less.
 Both run round-robin on the same inputs, rotating which goes first, so machine noise hits them alike; the ratio is
-per median and per fastest.
+per median and per fastest. The result file goes to benchmarks/results/ (benchmarks/README.md).
 
     python benchmarks/rrd_loss_time.py                       # B 64, K 16384, D 128 (the paper's setting)
     python benchmarks/rrd_loss_time.py --batch-size 256 --memory-size 65536
@@ -15,12 +15,17 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from rrd_hf.methods import rrd_loss
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from json_output import add_result_arguments, write_result  # noqa: E402
 
 
 def textbook_rrd_loss(z_s, z_t, memory, tau_s, tau_t):
@@ -36,6 +41,7 @@ def main(argv=None):
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--warmup", type=int, default=5)
+    add_result_arguments(parser)
     args = parser.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     generator = torch.Generator().manual_seed(0)
@@ -73,6 +79,11 @@ def main(argv=None):
         print(f"{name:<18} median {median[name]:7.2f} ms  fastest {best[name]:7.2f} ms")
     print(f"rrd_hf / textbook: {median['rrd_hf'] / median['textbook']:.3f} (median), "
           f"{best['rrd_hf'] / best['textbook']:.3f} (fastest)")
+    result = {"batch_size": args.batch_size, "memory_size": args.memory_size, "dim": args.dim,
+              "repeats": args.repeats, "median_ms": median, "fastest_ms": best,
+              "ratio_median": median["rrd_hf"] / median["textbook"], "ratio_fastest": best["rrd_hf"] / best["textbook"]}
+    write_result(args, "rrd_loss_time", result, device=device, argv=argv)
+    return result
 
 
 if __name__ == "__main__":

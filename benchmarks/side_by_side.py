@@ -23,14 +23,19 @@ images/s and the main process's page faults per step between optimizer step `--w
 those two steps only). Then the median ratio
 rrd_hf / plain per method and pair, the adjacent runs of one repeat paired.
 
-    python benchmarks/side_by_side.py --quick            # smoke test on generated images, about a minute
+    python benchmarks/side_by_side.py --quick            # smoke test on generated images
     python benchmarks/side_by_side.py                    # both pairs, CE KD RRD RRD+KD CRD, 6,400 images, 3 repeats
-    python benchmarks/side_by_side.py --pairs resnet20-resnet8 --methods KD,RRD --repeats 5 --json out.json
-    python benchmarks/side_by_side.py --variant per_sample="--data_path per_sample" --reference per_sample
+    python benchmarks/side_by_side.py --pairs resnet20-resnet8 --methods KD,RRD --repeats 5 --tag r20
+    python benchmarks/side_by_side.py --variant per_sample="--data_pipeline per_sample" --reference per_sample
 
-Data: ../shared/data/cifar10 when present (the first N training images), else generated JPEG images in the same
-Hub layout. Teachers: randomly initialised zoo models saved once with save_pretrained (speed only), unless
+Data: the CIFAR-10 folder (Hub layout) given with `--data`, else `$RRD_HF_CIFAR10`, else the repository's
+`data/cifar10` (ignored by git) when present (the first N training images); otherwise generated JPEG images in the
+same Hub layout. Teachers: randomly initialised zoo models saved once with save_pretrained (speed only), unless
 `--teacher-epochs` trains them first through rrd_hf (for accuracy runs with `--eval`).
+
+Every run and the summary go to a result file, rewritten after each run: by default
+benchmarks/results/side_by_side-<hardware>-torch<version>-<commit>.json (`--quick` adds the tag `quick`; see
+benchmarks/README.md), or the `--json PATH` given.
 """
 
 from __future__ import annotations
@@ -54,10 +59,15 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "cifar10"
+DATA_ENV = "RRD_HF_CIFAR10"  # a CIFAR-10 folder in the Hub layout, used when --data is not given
 if str(HERE) not in sys.path:  # plain_loop and json_output live next to this script
     sys.path.insert(0, str(HERE))
-from json_output import write_json  # noqa: E402
+import json_output  # noqa: E402
+
+
+def default_data() -> Path:
+    """`$RRD_HF_CIFAR10`, else the repository's `data/cifar10` (ignored by git); generated images when absent."""
+    return Path(os.environ.get(DATA_ENV) or REPO / "data" / "cifar10")
 
 PAIRS = {  # name: (teacher, student)
     "resnet32x4-resnet8x4": ("resnet32x4", "resnet8x4"),  # compute-bound: the teacher's forward dominates
@@ -77,7 +87,7 @@ PROTOCOL = {
     "kd_temperature": 4.0, "embedding_dim": 128, "memory_size": 16384, "student_temperature": 0.04,
     "teacher_temperature": 0.1, "crd_negatives": 16384, "crd_temperature": 0.07, "crd_momentum": 0.5,
 }
-TARGETS = {("resnet32x4-resnet8x4", "KD"): 1.0, ("resnet32x4-resnet8x4", "RRD"): 1.0,  # issue 12's targets
+TARGETS = {("resnet32x4-resnet8x4", "KD"): 1.0, ("resnet32x4-resnet8x4", "RRD"): 1.0,  # rrd_hf / plain wall time
            ("resnet20-resnet8", "KD"): 0.7, ("resnet20-resnet8", "RRD"): 0.7}
 PLAIN = "plain"
 RRD_HF = "rrd_hf"
@@ -316,7 +326,7 @@ class Run:
 
 
 def generate_cifar10(root: Path, n_train: int, n_test: int, seed: int = 0) -> Path:
-    """Random JPEG images (quality 75, like the shared copy) in the Hub layout of `uoft-cs/cifar10`."""
+    """Random JPEG images (quality 75) in the Hub layout of `uoft-cs/cifar10`."""
     import io
 
     import numpy as np
@@ -463,9 +473,31 @@ CSV_FIRST = ("pair", "method", "side", "runs", "wall_s", "cpu_s", "steady_images
              "vs_plain_step_time")
 
 
-def write_outputs(args, runs: list[Run], rows: list[dict], meta: dict) -> None:
-    if args.json:
-        write_json(args.json, {**meta, "runs": [r.row() for r in runs], "summary": rows})
+class ResultFile:
+    """The result file (benchmarks/json_output.py): its record's hardware, commit and date are read once, and its
+    path is fixed at the first write, which is rewritten after every run."""
+
+    def __init__(self, args, started: str, argv: list[str] | None):
+        self.args, self.started, self.argv = args, started, argv
+        self.path = self.hardware = self.commit = None
+
+    def write(self, results: dict, runs: list[Run]) -> None:
+        if self.hardware is None:
+            # The device the children trained on, as they report it ("CPU: <model> (<n> cores)" or the GPU's name).
+            names = [r.child.get("device") for r in runs if r.child.get("device")]
+            gpu = next((n for n in names if not n.startswith("CPU")), None)
+            self.hardware = json_output.hardware("cuda" if gpu else "cpu", gpu_name=gpu)
+            self.commit = json_output.commit()
+        saved = json_output.record("side_by_side", results, tag=self.args.tag, hardware_info=self.hardware,
+                                   commit_id=self.commit, date=self.started, argv=self.argv)
+        if self.path is None:
+            self.path = json_output.result_path(self.args, saved) or False
+        if self.path:
+            json_output.write_json(self.path, saved)
+
+
+def write_outputs(args, runs: list[Run], rows: list[dict], meta: dict, result_file: ResultFile) -> None:
+    result_file.write({**meta, "runs": [r.row() for r in runs], "summary": rows}, runs)
     if args.csv:
         Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
         seen = dict.fromkeys(k for row in rows for k in row)
@@ -488,8 +520,8 @@ def parse_variants(values: list[str]) -> dict[str, str]:
 
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=None, help="CIFAR-10 folder in the Hub layout (default ../shared/data/cifar10, "
-                                                      "else generated images)")
+    parser.add_argument("--data", default=None, help=f"CIFAR-10 folder in the Hub layout (default ${DATA_ENV}, else "
+                                                      "data/cifar10, else generated images)")
     parser.add_argument("--generated", action="store_true", help="always use generated images")
     parser.add_argument("--num-images", type=int, default=6400, help="train on the first N images (0: all)")
     parser.add_argument("--num-eval-images", type=int, default=0, help="with --eval: the first N test images (0: all)")
@@ -497,7 +529,7 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--methods", default=None, help=f"comma-separated, from {', '.join(METHODS)} (default: all)")
     parser.add_argument("--sides", default=f"{PLAIN},{RRD_HF}", help="plain and/or rrd_hf (and variant names)")
     parser.add_argument("--variant", action="append", default=[], metavar='NAME="--flag value ..."',
-                        help="an extra rrd_hf run with these flags, e.g. per_sample=\"--data_path per_sample\"")
+                        help="an extra rrd_hf run with these flags, e.g. per_sample=\"--data_pipeline per_sample\"")
     parser.add_argument("--reference", default=None, help="also print ratios to this variant (e.g. per_sample)")
     parser.add_argument("--rrd-flags", default="", help="flags added to every rrd_hf run (e.g. \"--bf16 true\")")
     parser.add_argument("--repeats", type=int, default=3)
@@ -517,11 +549,11 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--deadline", type=float, default=None,
                         help="seconds: start no run that the last run's duration says would end after this")
     parser.add_argument("--work-dir", default=None, help="keep runs, logs and teachers here (default: a temp dir)")
-    parser.add_argument("--json", default=None, help="write every run and the summary to this JSON file")
+    json_output.add_result_arguments(parser)  # --json PATH, --no-json, --tag
     parser.add_argument("--csv", default=None, help="write the summary to this CSV file")
     parser.add_argument("--quick", action="store_true",
                         help="smoke test: generated data, 128 images, resnet20-resnet8, RRD+KD and CRD once")
-    parser.add_argument("--report", nargs="+", metavar="JSON", help="only print the summaries of earlier --json files")
+    parser.add_argument("--report", nargs="+", metavar="JSON", help="only print the summaries of earlier result files")
     parser.add_argument("--child", choices=(PLAIN, RRD_HF), help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -535,6 +567,8 @@ def main(argv=None) -> list[dict]:
     if args.report:
         for path in args.report:
             saved = json.loads(Path(path).read_text())
+            if "benchmark" in saved and "results" in saved:  # a result file of json_output.py: the results inside
+                saved = saved["results"]
             reference = next((k for row in saved["summary"] for k in row if k.startswith("vs_") and k.endswith("_wall")
                               and k != "vs_plain_wall"), None)
             print(f"\n{path}: {saved.get('data')}, {saved.get('num_images')} images, {saved.get('epochs')} epoch(s), "
@@ -545,6 +579,7 @@ def main(argv=None) -> list[dict]:
         args.generated, args.num_images, args.pairs, args.repeats = True, 128, "resnet20-resnet8", 1
         args.warmup_steps = 1
         args.methods = args.methods or "RRD+KD,CRD"
+        args.tag = args.tag or "quick"  # never under the name of a measurement
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     sys.path.insert(0, str(REPO))
@@ -566,7 +601,7 @@ def main(argv=None) -> list[dict]:
     temp = tempfile.TemporaryDirectory(prefix="side_by_side_") if args.work_dir is None else None
     work = Path(args.work_dir or temp.name).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    data = Path(args.data) if args.data else DEFAULT_DATA
+    data = Path(args.data) if args.data else default_data()
     if args.generated or not data.is_dir():
         origin = "generated JPEG images (Hub layout of uoft-cs/cifar10)"
         n_train = max(args.num_images, 2 * args.batch_size)
@@ -597,6 +632,7 @@ def main(argv=None) -> list[dict]:
             "epochs": args.epochs, "repeats": args.repeats, "variants": variants, "rrd_flags": args.rrd_flags,
             "load_average_at_start": load, "command": " ".join(shlex.quote(a) for a in sys.argv)}
     started = time.perf_counter()
+    result_file = ResultFile(args, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), argv)
     last_duration = 0.0
 
     def out_of_time() -> bool:
@@ -646,13 +682,15 @@ def main(argv=None) -> list[dict]:
                     if not run.ok:
                         print(Path(log).read_text()[-3000:], flush=True)
                     rows = summarise(runs, sides, args.reference)
-                    write_outputs(args, runs, rows, meta)  # after every run: a killed job keeps what it measured
+                    write_outputs(args, runs, rows, meta, result_file)  # after every run: a killed job keeps what it measured
 
     rows = summarise(runs, sides, args.reference)
     if runs and runs[-1].child:
         meta.update(device=runs[-1].child.get("device"), torch=runs[-1].child.get("torch"))
-    write_outputs(args, runs, rows, meta)
+    write_outputs(args, runs, rows, meta, result_file)
     print_summary(rows, args.reference)
+    if result_file.path:
+        print(f"\nresults: {result_file.path}")
     print(f"\nratios: rrd_hf / plain of adjacent runs, median over repeats (below 1: rrd_hf is faster). 'step' compares "
           f"steady-state images/s (after {args.warmup_steps} warm-up steps). 'wall*' compares with the plain loop's wall "
           "time less its import of rrd_hf's zoo (transformers models), which a script with plain nn.Module copies would "

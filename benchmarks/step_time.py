@@ -4,6 +4,9 @@
     python benchmarks/step_time.py --methods all           # every method of rrd_hf.methods too, with extra state
     python benchmarks/step_time.py --teacher resnet56 --student resnet20 --repeats 20
 
+The table also goes to a result file, benchmarks/results/step_time-<hardware>-torch<version>-<commit>.json by default
+(benchmarks/README.md).
+
 A step is what `Trainer` does per optimizer step: `training_step` (teacher forward under no_grad, student forward,
 losses, memory update, backward) plus `optimizer.step()` and zeroing the gradients. The methods are timed
 round-robin (one step of each, repeated), so machine noise hits all of them alike. The ratio to KD is given for
@@ -15,12 +18,16 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
+from json_output import add_result_arguments, write_result  # noqa: E402
 
 from rrd_hf import RRDConfig, RRDTrainer  # noqa: E402
 from rrd_hf.models import build_model  # noqa: E402
@@ -82,7 +89,7 @@ def one_step(trainer, batch):
     trainer.optimizer.zero_grad(set_to_none=True)
 
 
-def main() -> None:
+def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--teacher", default="resnet32x4")
     parser.add_argument("--student", default="resnet8x4")
@@ -96,7 +103,8 @@ def main() -> None:
     parser.add_argument("--num-samples", type=int, default=50000, help="training-set size (CRD's banks)")
     parser.add_argument("--guard", action="store_true",
                         help="also time RRD+KD with check_finite=False: the cost of the NaN/inf guard")
-    args = parser.parse_args()
+    add_result_arguments(parser)
+    args = parser.parse_args(argv)
     methods = dict(CORE, **(OTHERS if args.methods == "all" else {}))
     if args.guard:
         methods["RRD+KD unchecked"] = dict(CORE["RRD+KD"], check_finite=False)
@@ -128,11 +136,21 @@ def main() -> None:
     kd_median, kd_best = statistics.median(times["KD"]), min(times["KD"])
     print(f"{'method':<16} {'median ms':>10} {'x KD':>6} {'best ms':>9} {'x KD':>6} {'extra params':>13} "
           f"{'extra buffers':>14}")
+    rows = []
     for name, values in times.items():
         median, best = statistics.median(values), min(values)
         params, buffers = extra_state(trainers[name])
         print(f"{name:<16} {median * 1e3:>10.1f} {median / kd_median:>6.3f} {best * 1e3:>9.1f} {best / kd_best:>6.3f} "
               f"{params:>13,} {buffers:>14,}")
+        rows.append({"method": name, "median_ms": median * 1e3, "vs_kd_median": median / kd_median,
+                     "best_ms": best * 1e3, "vs_kd_best": best / kd_best, "extra_params": params,
+                     "extra_buffers": buffers})
+    settings = {"teacher": args.teacher, "student": args.student, "batch_size": args.batch_size,
+                "memory_size": args.memory_size, "precision": "bf16" if args.bf16 else "fp32", "repeats": args.repeats,
+                "warmup": args.warmup, "num_samples": args.num_samples}
+    write_result(args, "step_time", {"settings": settings, "rows": rows}, device="cpu" if device_is_cpu else "cuda",
+                 argv=argv)
+    return rows
 
 
 if __name__ == "__main__":

@@ -9,17 +9,21 @@ every view seen before. This script measures what that would buy, in one run:
    that repeat a view, per epoch and over the run, and the number of distinct views (the cache's entries).
 2. **Memory**: entries × what the objective reads from the teacher (RRD: the frozen head's 128-d embedding; KD:
    the logits; both), in float32.
-3. **Time**: the teacher's forward (the trainer's: eval mode, channels-last, BatchNorms folded) on a whole batch
-   against its forward on the batch's misses only, at the miss rate of every epoch (misses per batch are binomial
+3. **Time**: the teacher's forward (as the trainer runs it: eval mode, no gradients, channels-last; BatchNorms
+   folded with `--fold-teacher-batch-norm`, the trainer's opt-in) on a whole batch against its forward on the
+   batch's misses only, at the miss rate of every epoch (misses per batch are binomial
    under shuffling), plus the cache's gather and scatter; and one training step of the student (forward,
    cross-entropy, backward), to say what share of a step the saving is. The RRD loss, data and Trainer are left
-   out of that step (a few ms; `profile_step.py`).
+   out of that step (`profile_step.py` times them).
 4. **Exactness**: whether a sample's teacher outputs computed within a sub-batch equal, bitwise, those computed in
    the whole batch (so that a cache would return exactly what the forward would have).
 
     python benchmarks/teacher_cache.py                         # resnet32x4 teacher, resnet8x4 student, CIFAR-100 sizes
     python benchmarks/teacher_cache.py --teacher resnet20 --student resnet8
-    python benchmarks/teacher_cache.py --epochs 240 --num-samples 50000 --json runs/teacher_cache.json
+    python benchmarks/teacher_cache.py --epochs 240 --num-samples 50000 --tag c100-240
+
+The results go to a result file, benchmarks/results/teacher_cache-<hardware>-torch<version>-<commit>.json by default
+(benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from json_output import write_json  # noqa: E402
+from json_output import add_result_arguments, write_result  # noqa: E402
 
 
 def view_hits(num_samples: int, epochs: int, seed: int = 0, padding: int = 4, flip_prob: float = 0.5):
@@ -65,9 +69,9 @@ def median_ms(function, repeats: int) -> float:
     return 1e3 * statistics.median(times)
 
 
-def build_teacher(name: str, num_labels: int, batch: torch.Tensor):
-    """The teacher as RRDTrainer runs it with fold_teacher_batch_norm: eval mode, no gradients, channels-last,
-    BatchNorms folded."""
+def build_teacher(name: str, num_labels: int, batch: torch.Tensor, fold: bool = False):
+    """The teacher as RRDTrainer runs it: eval mode, no gradients, channels-last; with `fold`, its BatchNorms folded
+    into the convolutions before them (the trainer's `fold_teacher_batch_norm=True`)."""
     from rrd_hf.classifiers.batch_norm_folding import fold_batch_norms
     from rrd_hf.models import build_model
 
@@ -77,8 +81,9 @@ def build_teacher(name: str, num_labels: int, batch: torch.Tensor):
             if isinstance(module, torch.nn.BatchNorm2d):
                 module.running_mean.uniform_(-0.2, 0.2)
                 module.running_var.uniform_(0.5, 1.5)
-    folded, _ = fold_batch_norms(teacher, lambda model: model(pixel_values=batch, output_hidden_states=True))
-    return folded
+    if fold:
+        teacher, _ = fold_batch_norms(teacher, lambda model: model(pixel_values=batch, output_hidden_states=True))
+    return teacher
 
 
 def teacher_outputs(teacher, pixels: torch.Tensor):
@@ -99,7 +104,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--embedding-dim", type=int, default=128, help="RRD's embedding (what a cache would keep)")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per batch size (median)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", default=None)
+    parser.add_argument("--fold-teacher-batch-norm", action="store_true",
+                        help="fold the teacher's BatchNorms into its convolutions (the trainer's opt-in)")
+    add_result_arguments(parser)
     args = parser.parse_args(argv)
     torch.manual_seed(args.seed)
     batch_size = args.batch_size
@@ -127,7 +134,7 @@ def main(argv=None) -> dict:
 
     # 3. time
     pixels = torch.randn(batch_size, 3, 32, 32).contiguous(memory_format=torch.channels_last)
-    teacher = build_teacher(args.teacher, args.num_labels, pixels)
+    teacher = build_teacher(args.teacher, args.num_labels, pixels, fold=args.fold_teacher_batch_norm)
     from rrd_hf.models import build_model
 
     student = build_model(args.student, num_labels=args.num_labels).train().to(memory_format=torch.channels_last)
@@ -182,14 +189,15 @@ def main(argv=None) -> dict:
           + ("bitwise equal" if bitwise else f"not bitwise equal (largest relative difference {worst:.1e})"))
 
     result = {"teacher": args.teacher, "student": args.student, "num_samples": args.num_samples,
+              "batch_size": batch_size, "threads": torch.get_num_threads(),
+              "fold_teacher_batch_norm": args.fold_teacher_batch_norm,
               "epochs": args.epochs, "views": views, "hit_rate": hit_rate, "uniform_hit_rate": expected,
               "entries": entries, "hits_per_epoch": hits,
               "cache_gib": {what: entries * floats * 4 / 2**30 for what, floats in sizes.items()},
               "teacher_forward_ms": forward_ms, "cache_ms": cache_ms, "student_step_ms": student_ms,
               "teacher_ms_per_step": {"without": full, "with": cached_teacher},
               "step_ratio": cached_step / step, "bitwise": bitwise, "largest_relative_difference": worst}
-    if args.json:
-        write_json(args.json, result)
+    write_result(args, "teacher_cache", result, device="cpu", argv=argv)
     return result
 
 

@@ -162,11 +162,11 @@ def test_aggregate_refuses_runs_of_different_configurations(tmp_path, capsys):
 
 
 def test_aggregate_groups_runs_that_differ_only_in_how_images_were_read(tmp_path):
-    """data_path and decoded_cache change how images are read, not which: a run from before decoded_cache existed
+    """data_pipeline and decoded_cache change how images are read, not which: a run from before decoded_cache existed
     (no such field) and runs with it on or off are one configuration."""
     runs = [write_cli_run(tmp_path / f"run{s}", s, 74.0 + s, 73.0 + s) for s in range(3)]
-    for run, extra in zip(runs, ({}, {"decoded_cache": True, "data_path": "in_memory"},
-                                 {"decoded_cache": False, "data_path": "per_sample"})):
+    for run, extra in zip(runs, ({}, {"decoded_cache": True, "data_pipeline": "in_memory"},
+                                 {"decoded_cache": False, "data_pipeline": "per_sample"})):
         results = json.loads(Path(run, "results.json").read_text())
         results["data_args"].update(extra)
         Path(run, "results.json").write_text(json.dumps(results))
@@ -430,6 +430,26 @@ def test_a_second_demo_into_the_same_folder_is_refused_before_any_work(tmp_path,
     check_output_dir(DemoSettings(output_dir=str(tmp_path), overwrite=True))  # --overwrite lets it through
 
 
+def test_demo_table_says_epoch_in_the_singular_and_shows_each_runs_real_time():
+    """The demo's table alone (no training): "1 epoch", and a short run's time in tenths rather than "0"."""
+    from rrd_hf.commands.demo import DemoSettings, STUDENT_RUNS, format_table
+
+    settings = DemoSettings(output_dir="out", teacher_epochs=1, epochs=1, seed=3)
+    names = ["teacher", *STUDENT_RUNS]
+    results = {name: {"top1": 50.0 + i, "top5": 90.0 + i} for i, name in enumerate(names)}
+    timings = dict(zip(names, (0.42, 3.0, 12.34, 99.96, 250.4)))
+    table = format_table(settings, results, timings, 17.6, num_train=256, num_eval=128)
+    assert "Teacher resnet20 (1 epoch); student resnet8, 1 epoch per run;" in table and "epochs" not in table
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "model" not in line]
+    assert [row.split("|")[4].strip() for row in rows] == ["0.4", "3.0", "12.3", "100", "250"]
+    assert rows[0] == "| teacher            |   50.00 |   90.00 |    0.4 |"
+    assert "Total 18 s." in table
+    assert "+2.00 top-1 points over the student alone, +1.00 over KD." in table  # RRD: 53 against 51 and 52
+    several = format_table(DemoSettings(teacher_epochs=3, epochs=2), results, {}, 600.0, num_train=1, num_eval=1)
+    assert "(3 epochs); student resnet8, 2 epochs per run" in several and "Total 10.0 min." in several
+    assert all(row.split("|")[4].strip() == "-" for row in several.splitlines()[4:9])  # a time not measured
+
+
 def test_demo_runs_end_to_end_on_a_small_budget(tmp_path, capsys):
     from rrd_hf.data import fashion_mnist_available
 
@@ -443,7 +463,7 @@ def test_demo_runs_end_to_end_on_a_small_budget(tmp_path, capsys):
     rows = ("teacher", "student alone", "student + KD", "student + RRD", "student + RRD + KD")
     for row in rows:
         assert f"| {row} " in out
-    assert "256 training images, 128 test images" in out and "1 epochs per run" in out
+    assert "256 training images, 128 test images" in out and "resnet8, 1 epoch per run" in out
     assert "Seed 3, one seed." in out and "One seed (3)" in out
     summary = json.loads((tmp_path / "demo_results.json").read_text())
     assert tuple(summary["results"]) == rows and summary["settings"]["seed"] == 3

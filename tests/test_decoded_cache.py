@@ -82,7 +82,7 @@ def test_a_split_is_decoded_once_and_read_back_bitwise(tmp_path, monkeypatch, ca
 
 def test_the_command_line_reads_the_cache_and_can_be_told_not_to(tmp_path, monkeypatch):
     root = write_hub_layout(tmp_path / "cifar10")
-    args = dict(dataset=str(root), data_path="in_memory", max_eval_samples=4)
+    args = dict(dataset=str(root), data_pipeline="in_memory", max_eval_samples=4)
     train, evaluation = _load_splits(DataArguments(**args), 0)[:2]
     refuse_decoding(monkeypatch)
     cached_train, cached_eval = _load_splits(DataArguments(**args), 0)[:2]

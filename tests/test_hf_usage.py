@@ -70,6 +70,45 @@ def test_readme_python_example_on_cifar10_saves_its_statistics_and_class_names(t
                    train_dataset=train, processing_class=cifar_image_processor())
 
 
+def test_readme_quickstart_in_memory_path_then_loading_in_a_fresh_process(tmp_path, cifar10_folder):
+    """README's quickstart as written (in-memory data, per-batch augmentation on the device), on a CIFAR-10-schema
+    folder; then README's loading lines in a new interpreter that imports only `rrd_hf.models`."""
+    import subprocess
+    import sys
+
+    from rrd_hf.data import DeviceAugmentation, InMemoryImageDataset, get_dataset_info, load_image_dataset
+    from rrd_hf.models import build_model
+
+    info = get_dataset_info("cifar10")
+    train = InMemoryImageDataset.from_dataset(load_image_dataset(cifar10_folder, "train"), cache_file=None)
+    test = InMemoryImageDataset.from_dataset(load_image_dataset(cifar10_folder, "test"), cache_file=None)
+    augment = DeviceAugmentation(info, seed=0)
+    trainer = RRDTrainer(model=build_model("resnet8", 10), teacher_model=build_model("resnet8", 10),
+                         args=readme_args(tmp_path / "run", eval_strategy="steps", eval_steps=2),
+                         train_dataset=train, eval_dataset=test, batch_transform=augment)
+    trainer.train()
+    trainer.save_model()
+    saved = json.loads((tmp_path / "run" / "preprocessor_config.json").read_text())
+    assert saved["image_mean"] == pytest.approx(list(info.mean))
+
+    script = (
+        "import json, sys\n"
+        "import numpy as np\n"
+        "from PIL import Image\n"
+        "import rrd_hf.models\n"
+        "from transformers import AutoModelForImageClassification, pipeline\n"
+        "model = AutoModelForImageClassification.from_pretrained(sys.argv[1])\n"
+        "classify = pipeline('image-classification', model=sys.argv[1], device='cpu')\n"
+        "answer = classify(Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8)))\n"
+        "print(json.dumps({'labels': [model.config.id2label[i] for i in range(10)], 'top': answer[0]['label']}))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script, str(tmp_path / "run")], capture_output=True, text=True,
+                            timeout=300, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    found = json.loads(result.stdout.strip().splitlines()[-1])
+    assert found["labels"] == list(info.class_names) and found["top"] in info.class_names
+
+
 def test_a_student_whose_class_names_disagree_with_the_data_is_refused(tmp_path, cifar10_folder):
     from rrd_hf.data import CIFAR10_CLASS_NAMES, prepare_dataset
     from rrd_hf.models import build_model

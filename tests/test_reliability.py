@@ -93,14 +93,14 @@ def assert_bitwise_equal(a: dict, b: dict, what: str):
 
 
 # ------------------------------------------------------------------------------------------------ same seed, same run
-@pytest.mark.parametrize("data_path,workers,layout", [("in_memory", 0, "saved"), ("per_sample", 2, "saved"),
+@pytest.mark.parametrize("data_pipeline,workers,layout", [("in_memory", 0, "saved"), ("per_sample", 2, "saved"),
                                                       ("in_memory", 2, "hub")])
 def test_the_same_recipe_and_seed_give_bitwise_the_same_student(tmp_path, cifar10_folder, cifar10_hub_folder,
-                                                                 teacher_folder, data_path, workers, layout):
+                                                                 teacher_folder, data_pipeline, workers, layout):
     """With the Hub layout the first run decodes (in 2 worker processes) and keeps the decoded images in the
     `datasets` cache; the second reads them back."""
     data = cifar10_hub_folder if layout == "hub" else cifar10_folder
-    path = recipe(tmp_path, data, teacher_folder, data_path=data_path, dataloader_num_workers=workers,
+    path = recipe(tmp_path, data, teacher_folder, data_pipeline=data_pipeline, dataloader_num_workers=workers,
                   save_strategy="no")
     logs = {}
     for run in ("a", "b"):  # separate processes: nothing is shared but the recipe (and the datasets cache)
@@ -125,12 +125,12 @@ def test_train_teacher_twice_gives_the_same_teacher(tmp_path, cifar10_folder, te
 
 
 # ------------------------------------------------------------------------------------------------ exact resume
-@pytest.mark.parametrize("data_path,workers", [("in_memory", 0), ("per_sample", 0), ("per_sample", 2)])
-def test_resume_with_augmentation_equals_the_uninterrupted_run(tmp_path, cifar10_folder, teacher_folder, data_path,
+@pytest.mark.parametrize("data_pipeline,workers", [("in_memory", 0), ("per_sample", 0), ("per_sample", 2)])
+def test_resume_with_augmentation_equals_the_uninterrupted_run(tmp_path, cifar10_folder, teacher_folder, data_pipeline,
                                                               workers):
     # 48 images / batch 8 with drop_last = 6 steps per epoch: checkpoint 4 sits inside epoch 0, the LR decays at
     # step 6 and step 8 is in epoch 1 (new crops): the resumed run must redo all of that exactly.
-    path = recipe(tmp_path, cifar10_folder, teacher_folder, data_path=data_path, dataloader_num_workers=workers)
+    path = recipe(tmp_path, cifar10_folder, teacher_folder, data_pipeline=data_pipeline, dataloader_num_workers=workers)
     full = tmp_path / "full"
     train_main([str(path), "--output_dir", str(full)])
     resumed = tmp_path / "resumed"

@@ -66,7 +66,7 @@ def _add_data_arguments(parser, *, dataset: str, dataset_help: str, split_help: 
     parser.add_argument("--dataset", default=dataset, metavar="NAME", help=f"{dataset_help} (default {dataset})")
     parser.add_argument("--data-dir", default=None, metavar="DIR",
                         help="local copy of the dataset: Hub layout, save_to_disk folder, parquet files or imagefolder "
-                             "(default: the dataset's Hub id; see docs/offline-data.md)")
+                             "(default: the dataset's Hub id; see docs/data.md)")
     parser.add_argument("--split", default=None, help=split_help)
 
 
@@ -116,7 +116,7 @@ def _demo(argv: list[str]) -> None:
 #: The fields `rrd-hf train --help` shows; every other field is behind `--help-all`.
 TRAIN_HELP_FIELDS = (
     ("models", ("student", "teacher_model_name_or_path")),
-    ("data", ("dataset", "data_dir", "max_train_samples", "image_size", "data_path")),
+    ("data", ("dataset", "data_dir", "max_train_samples", "image_size", "data_pipeline")),
     ("objective (loss = ce_weight·CE + the weighted terms: kd_weight, rrd_weight, distill_method, or distill_terms)",
      ("ce_weight", "kd_weight", "rrd_weight", "distill_method", "distill_terms")),
     ("training (transformers.TrainingArguments)",

@@ -1,4 +1,4 @@
-"""The embedded demo: a real dataset, offline, under ten minutes on two CPU cores (4.8 min measured).
+"""The embedded demo: a real dataset, offline, on a budget that a laptop's CPU finishes in minutes.
 
 It trains a small teacher, then the same small student four ways on the same budget (alone, with KD, with RRD and
 with RRD+KD, the combination the paper recommends), prints the table and saves every model as a Hub-ready
@@ -28,7 +28,7 @@ STUDENT_RUNS = {
 
 @dataclasses.dataclass
 class DemoSettings:
-    """The demo's budget; the defaults take 4.8 minutes on two quiet CPU cores (measured), leaving room for slower ones."""
+    """The demo's budget: small models, a subset of the images and a few epochs, so that it runs on a CPU."""
 
     output_dir: str = "demo_output"
     teacher: str = "resnet20"
@@ -142,7 +142,7 @@ def run_demo(settings: DemoSettings | None = None) -> dict:
         torch.manual_seed(seed)
         return build_model(name, num_labels=len(labels), id2label=labels, label2id={v: k for k, v in labels.items()})
 
-    print(f"[demo] 1/{steps} training the teacher {settings.teacher} for {settings.teacher_epochs} epochs")
+    print(f"[demo] 1/{steps} training the teacher {settings.teacher} for {_epochs(settings.teacher_epochs)}")
     t0 = time.time()
     teacher_trainer = RRDTrainer(model=new_model(settings.teacher, settings.seed),
                                  args=_config(os.path.join(settings.output_dir, "teacher"), settings, (1, 0, 0),
@@ -155,7 +155,7 @@ def run_demo(settings: DemoSettings | None = None) -> dict:
     teacher = teacher_trainer.model
 
     for step, (run, weights) in enumerate(STUDENT_RUNS.items(), start=2):
-        print(f"[demo] {step}/{steps} training {run} ({settings.student}, {settings.epochs} epochs)")
+        print(f"[demo] {step}/{steps} training {run} ({settings.student}, {_epochs(settings.epochs)})")
         t0 = time.time()
         trainer = RRDTrainer(model=new_model(settings.student, settings.seed + 1),
                              teacher_model=teacher if any(weights[1:]) else None,
@@ -176,12 +176,28 @@ def run_demo(settings: DemoSettings | None = None) -> dict:
     return summary
 
 
+def _epochs(n: int) -> str:
+    return f"{n} epoch" if n == 1 else f"{n} epochs"
+
+
+def _seconds(value: float | None) -> str:
+    """A run's wall time for the table: tenths below 100 s (a short run is not "0"), whole seconds above."""
+    if value is None:
+        return "-"
+    return f"{value:.1f}" if round(value, 1) < 100 else f"{value:.0f}"
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
 def format_table(settings: DemoSettings, results: dict, timings: dict, total: float, *, num_train: int,
                  num_eval: int) -> str:
-    """The table the demo prints: the setting (data, budget, seed), one row per model, the verdict of this run."""
+    """The table the demo prints: the setting (data, budget, seed), one row per model (top-1, top-5 and the wall
+    time of training and evaluating it), the verdict of this run."""
     lines = [
         f"Fashion-MNIST: {num_train:,} training images, {num_eval:,} test images. Teacher {settings.teacher} "
-        f"({settings.teacher_epochs} epochs); student {settings.student}, {settings.epochs} epochs per run; batch "
+        f"({_epochs(settings.teacher_epochs)}); student {settings.student}, {_epochs(settings.epochs)} per run; batch "
         f"{settings.batch_size}, SGD lr {settings.learning_rate} cosine, RRD memory {settings.memory_size}. "
         f"Seed {settings.seed}, one seed.",
         "",
@@ -189,7 +205,8 @@ def format_table(settings: DemoSettings, results: dict, timings: dict, total: fl
         f"|{'-' * 20}|{'-' * 9}|{'-' * 9}|{'-' * 8}|",
     ]
     for name, metrics in results.items():
-        lines.append(f"| {name:<18} | {metrics['top1']:>7.2f} | {metrics['top5']:>7.2f} | {timings[name]:>6.0f} |")
+        lines.append(f"| {name:<18} | {metrics['top1']:>7.2f} | {metrics['top5']:>7.2f} "
+                     f"| {_seconds(timings.get(name)):>6} |")
     lines.append("")
     alone, kd = results["student alone"]["top1"], results["student + KD"]["top1"]
     for run in ("student + RRD", "student + RRD + KD"):
@@ -198,7 +215,7 @@ def format_table(settings: DemoSettings, results: dict, timings: dict, total: fl
                      f"{top1 - kd:+.2f} over KD.")
     lines.append(f"One seed ({settings.seed}) on a short budget: this is one sample, not the method's ranking. Rerun "
                  "with other --seed values and compare the runs with `rrd-hf aggregate` before concluding.")
-    lines.append(f"Total {total / 60:.1f} min. Every model is saved, Hub-ready, under {settings.output_dir}/ (e.g. "
+    lines.append(f"Total {_duration(total)}. Every model is saved, Hub-ready, under {settings.output_dir}/ (e.g. "
                  f"{os.path.join(settings.output_dir, run_folder('student + RRD + KD'))}; load it with "
                  "AutoModelForImageClassification).")
     return "\n".join(lines)

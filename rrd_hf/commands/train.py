@@ -54,15 +54,11 @@ class DataArguments:
     train_split: str | None = field(default=None, metadata={"help": "Training split (default: the dataset's)."})
     eval_split: str | None = field(default=None, metadata={"help": "Evaluation split (default: the dataset's)."})
     image_size: int = field(default=32, metadata={"help": "Side length the images are resized to."})
-    data_path: Literal["auto", "in_memory", "per_sample"] = field(
+    data_pipeline: Literal["auto", "in_memory", "per_sample"] = field(
         default="auto",
         metadata={"help": "in_memory: decode the splits once to uint8 and augment whole batches on the device; "
                   "per_sample: decode and augment every image in DataLoader workers; auto: in_memory when the decoded "
                   "train split fits in min(a quarter of the RAM, 8 GiB) per machine. Both give the same images for a seed."},
-    )
-    device_augmentation: bool | None = field(
-        default=None,
-        metadata={"help": "Older name of the data path: true = in_memory, false = per_sample."},
     )
     in_memory_device: Literal["auto", "cpu"] = field(
         default="auto",
@@ -82,16 +78,8 @@ class DataArguments:
     label_column: str | None = field(default=None, metadata={"help": "Label column, when it cannot be detected."})
 
     def __post_init__(self):
-        if self.data_path not in ("auto", "in_memory", "per_sample"):
-            raise ValueError(f"data_path must be auto, in_memory or per_sample, got {self.data_path!r}.")
-        if self.device_augmentation is not None:
-            alias = "in_memory" if self.device_augmentation else "per_sample"
-            if self.data_path not in ("auto", alias):
-                raise ValueError(
-                    f"device_augmentation={self.device_augmentation} (the older name of data_path={alias}) contradicts "
-                    f"data_path={self.data_path}: keep only data_path."
-                )
-            self.data_path = alias
+        if self.data_pipeline not in ("auto", "in_memory", "per_sample"):
+            raise ValueError(f"data_pipeline must be auto, in_memory or per_sample, got {self.data_pipeline!r}.")
 
 
 def recipe_parser(prog: str = "rrd-hf train"):
@@ -157,7 +145,7 @@ def _load_splits(data_args: DataArguments, seed: int, training_args=None):
         DeviceAugmentation,
         InMemoryImageDataset,
         check_labels,
-        choose_data_path,
+        choose_data_pipeline,
         in_memory_budget,
         prepare_dataset,
         resolve_dataset,
@@ -177,9 +165,9 @@ def _load_splits(data_args: DataArguments, seed: int, training_args=None):
     train_raw = limit(resolved.train, data_args.max_train_samples)
     eval_raw = limit(resolved.eval, data_args.max_eval_samples)
     nbytes = uint8_bytes(len(train_raw), data_args.image_size)
-    path = choose_data_path(data_args.data_path, len(train_raw), data_args.image_size)
+    path = choose_data_pipeline(data_args.data_pipeline, len(train_raw), data_args.image_size)
     logger.info("data path %s (requested %s): the decoded train split takes %.1f MB, the in-memory budget is %.1f MB",
-                path, data_args.data_path, nbytes / 1e6, in_memory_budget() / 1e6)
+                path, data_args.data_pipeline, nbytes / 1e6, in_memory_budget() / 1e6)
     num_labels, class_names = resolved.num_labels, resolved.class_names or []
     if path == "in_memory":
         workers = int(getattr(training_args, "dataloader_num_workers", 0) or 0)

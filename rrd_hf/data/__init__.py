@@ -3,7 +3,7 @@
 One resolver for every command (splits, classes, statistics)::
 
     from rrd_hf.data import resolve_dataset
-    data = resolve_dataset("cifar10", data_dir="../shared/data/cifar10")
+    data = resolve_dataset("cifar10", data_dir="data/cifar10")
     data.train, data.eval, data.class_names, data.num_labels, data.stats
 
 Typical use with a ``transformers.Trainer`` (per-sample CPU transforms)::
@@ -17,7 +17,7 @@ Typical use with a ``transformers.Trainer`` (per-sample CPU transforms)::
 In-memory fast path (decode once, augment batched on the device; bitwise the same images)::
 
     from rrd_hf.data import DeviceAugmentation, load_in_memory
-    train = load_in_memory("../shared/data/cifar10", "train", image_size=32)   # uint8 (N, 3, 32, 32)
+    train = load_in_memory("data/cifar10", "train", image_size=32)   # uint8 (N, 3, 32, 32)
     augment = DeviceAugmentation(train.stats, seed=0).to(device)
     pixel_values = augment(batch["pixel_values"], training=True, index=batch["index"], epoch=epoch)
 
@@ -51,7 +51,7 @@ from .loading import infer_dataset_info, load_image_dataset
 from .provenance import describe_source
 from .metadata import dataset_class_names, dataset_image_size, dataset_stats, image_processor_for
 from .processors import CIFAR100_MEAN, CIFAR100_STD, cifar_image_processor, save_pretrained_with_processor
-from .paths import DATA_PATHS, choose_data_path, in_memory_budget, total_memory_bytes, uint8_bytes
+from .pipelines import DATA_PIPELINES, choose_data_pipeline, in_memory_budget, total_memory_bytes, uint8_bytes
 from .prepare import prepare_dataset
 from .registry import (
     CIFAR10_CLASS_NAMES,
@@ -136,8 +136,8 @@ __all__ = [
     "DeviceAugmentation",
     "load_in_memory",
     # choosing the data path
-    "DATA_PATHS",
-    "choose_data_path",
+    "DATA_PIPELINES",
+    "choose_data_pipeline",
     "in_memory_budget",
     "total_memory_bytes",
     "uint8_bytes",

@@ -1,10 +1,10 @@
 """Decoded splits kept next to the `datasets` cache, so that a later run reads them instead of decoding again.
 
-The in-memory path decodes every image once per run (`decode_to_uint8`): about 55 µs per 32×32 JPEG in Pillow on this
-project's CPU, so 0.4 s for 6,400 images and 2.8 s for CIFAR's 50,000, in every run. `datasets` keeps what `map`
-computes in the dataset's cache folder under the dataset's fingerprint; this module does the same for the decoded
-uint8 images: one safetensors file (tensors only: loading it runs no code) per dataset, image size and decoding
-version, written once and read back by later runs.
+The in-memory path decodes every image once per run (`decode_to_uint8`, a Pillow decode per image), and without a
+cache it pays that again in every run on the same data. `datasets` keeps what `map` computes in the dataset's cache
+folder under the dataset's fingerprint; this module does the same for the decoded uint8 images: one safetensors file
+(tensors only: loading it runs no code) per dataset, image size and decoding version, written once and read back by
+later runs.
 
 * **Key.** The dataset's `_fingerprint` (which `datasets` derives from the data files, with their modification times
   for local files, and from every select, rename or cast since), the image size, `DECODING_VERSION` (raised

@@ -91,7 +91,7 @@ def decode_to_uint8(
     Returns ``(images, labels, index)``: uint8 ``(N, 3, S, S)`` (RGB, resized to ``image_size``² with the same
     Pillow bilinear filter as the per-sample transform; ``None`` keeps the native size, which must then be the
     same for all images), int64 ``(N,)`` labels and int64 ``(N,)`` sample ids (the ``index`` column, else
-    ``0..N-1``). Decoding is Python-bound in Pillow (~0.2 ms per 32×32 JPEG on a slow core), so
+    ``0..N-1``). Decoding is Python-bound in Pillow (one call per image), so
     ``num_workers > 0`` decodes chunks of ``chunk_size`` rows in that many worker processes. A corrupt image
     raises :class:`CorruptImageError` with its index and the source.
     """
@@ -110,7 +110,7 @@ def decode_to_uint8(
     raw = dataset.select_columns(columns).cast_column(image_column, datasets.Image(decode=False)).with_format(None)
     n = len(raw)
     chunks = _DecodeChunks(raw, chunk_size, image_size, source, image_column, label_column, index_column)
-    # A worker process costs ~30 ms to start: no more workers than chunks, and none for a single chunk.
+    # Starting a worker process costs time: no more workers than chunks, and none for a single chunk.
     workers = min(num_workers, len(chunks)) if len(chunks) > 1 else 0
     loader = torch.utils.data.DataLoader(chunks, batch_size=None, shuffle=False, num_workers=workers)
     images = None

@@ -121,9 +121,9 @@ def load_fashion_mnist(root=None, *, split: str | None = None, cache_dir: str | 
 
     Returns a ``DatasetDict`` (``train``/``test``) when ``split`` is None, else that split's ``Dataset``.
     Columns: ``image`` (``Image()``, 28×28 mode ``L``) and ``label`` (``ClassLabel`` with
-    :data:`FASHION_MNIST_CLASS_NAMES`). The first call encodes the images to PNG (about 1 s per 10,000);
-    the result is cached by ``datasets`` (under ``cache_dir`` or the HF datasets cache), so later calls are
-    instant. Use ``load_image_dataset("fashion_mnist", split)`` for the normalised RGB view with ``index``.
+    :data:`FASHION_MNIST_CLASS_NAMES`). The first call encodes the images to PNG; the result is cached by
+    ``datasets`` (under ``cache_dir`` or the HF datasets cache), so later calls are instant. Use
+    ``load_image_dataset("fashion_mnist", split)`` for the normalised RGB view with ``index``.
     """
     import datasets
 

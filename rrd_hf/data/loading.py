@@ -1,7 +1,7 @@
 """One loader for every image-classification source, returning one normalised view.
 
 :func:`load_image_dataset` accepts a known short name (``"cifar100"``), a Hub id (``"uoft-cs/cifar100"``),
-a local folder laid out like the Hub repo (``../shared/data/cifar10``), parquet or arrow file(s), a
+a local folder laid out like the Hub repo (``data/cifar10``), parquet or arrow file(s), a
 ``save_to_disk`` folder, an ``imagefolder`` directory, or an already loaded ``Dataset``/``DatasetDict``,
 and always returns the same columns:
 

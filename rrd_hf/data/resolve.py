@@ -1,8 +1,8 @@
 """One answer to "which data is this?": load a source, recognise it, choose its splits, read its classes and stats.
 
-Training, evaluation, the transfer probe and the figures all start from a dataset name or a path; each used to
-write out its own resolve → infer → validate sequence, and they disagreed (``evaluate`` defaulted to a ``test``
-split that a Tiny ImageNet folder does not have). :func:`resolve_dataset` is that sequence, once.
+Training, evaluation, the transfer probe and the figures all start from a dataset name or a path, and all go through
+:func:`resolve_dataset` (resolve → infer → validate), so they agree on the splits (``valid``, not a missing
+``test``, for a Tiny ImageNet folder), the classes and the statistics.
 """
 
 from __future__ import annotations

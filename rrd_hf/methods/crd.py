@@ -233,7 +233,7 @@ class CRDMemory(nn.Module):
             complement = n - counts  # number of other-class samples per row
             keys = torch.rand(batch, n, generator=generator, device=device, dtype=torch.float64)
             keys = keys.masked_fill(self.labels.unsqueeze(0) == classes.unsqueeze(1), 2.0)
-            if k <= n:  # the K smallest keys, ascending: a partial sort, ~3x faster than argsort on a CPU
+            if k <= n:  # the K smallest keys, ascending: a partial sort, less work than a full argsort
                 negatives = torch.topk(keys, k, dim=1, largest=False, sorted=True).indices
             else:
                 negatives = torch.zeros(batch, k, dtype=torch.long, device=device)

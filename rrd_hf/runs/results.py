@@ -23,7 +23,6 @@ __all__ = [
     "summarize_log_history",
     "aggregate_results",
     "format_aggregate",
-    "load_results",
     "load_run",
     "group_runs",
     "aggregate_runs",
@@ -50,7 +49,6 @@ NOT_CONFIGURATION = frozenset({
     "trackio_space_id", "trackio_bucket_id", "trackio_static_space_id",
     "seed", "data_seed", "resume_from_checkpoint", "ignore_data_skip", "restore_callback_states_from_checkpoint",
     "check_finite",  # it stops a run that would go wrong; it does not change one that finishes
-    "keep_host_memory",  # where freed host memory goes, not what is computed
     "do_train", "do_eval", "do_predict", "local_rank", "use_cpu", "torch_empty_cache_steps",
     "per_device_eval_batch_size", "eval_accumulation_steps", "eval_do_concat_batches", "eval_use_gather_object",
     "batch_eval_metrics", "include_for_metrics",
@@ -61,7 +59,7 @@ NOT_CONFIGURATION = frozenset({
 })
 #: Data arguments that change where or how images are read, not which images a run sees (both data paths give the
 #: same images for a seed; the decoded-image cache holds the decoded pixels bitwise).
-_DATA_NOT_CONFIGURATION = frozenset({"dataset", "data_dir", "data_path", "device_augmentation", "in_memory_device",
+_DATA_NOT_CONFIGURATION = frozenset({"dataset", "data_dir", "data_pipeline", "in_memory_device",
                                      "decoded_cache"})
 #: Fields of a saved `config.json` that say where or how it was saved rather than which network it is.
 _MODEL_CONFIG_NOISE = frozenset({
@@ -173,12 +171,6 @@ def _check_metrics(metrics: Mapping, path: str) -> dict:
                              "written by something other than rrd_hf: fix it or leave this run out.")
         checked[key] = float(value)
     return checked
-
-
-def load_results(path: str | os.PathLike) -> dict:
-    """The accuracies of one run (`results.json`'s fields, or `_rrd_run.json`'s `summary`); see `load_run`."""
-    run = load_run(path)
-    return {**run.metrics, "seed": run.seed}
 
 
 def _run_files(folder: str) -> tuple[str | None, str | None, str | None]:

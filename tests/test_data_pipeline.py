@@ -1,7 +1,7 @@
 """Which data path a run takes, and the command line's data loading on both paths.
 
 Specified here: the in-memory budget (a quarter of the RAM, at most 8 GiB, shared by the machine's processes),
-`data_path` with `device_augmentation` kept as its alias, and `rrd-hf train`'s data loading (`_load_splits`)
+`data_pipeline` (auto, in_memory, per_sample), and `rrd-hf train`'s data loading (`_load_splits`)
 giving bitwise the same images on the per-sample and in-memory paths (generated data, and real CIFAR-10 when
 present).
 """
@@ -18,7 +18,7 @@ from rrd_hf.data import (
     DataError,
     DeviceAugmentation,
     InMemoryImageDataset,
-    choose_data_path,
+    choose_data_pipeline,
     get_dataset_info,
     in_memory_budget,
     set_epoch,
@@ -41,31 +41,29 @@ def test_auto_keeps_the_train_split_in_memory_when_it_fits_the_budget():
     assert in_memory_budget(total_memory=16 * gib, processes=1) == 4 * gib  # a quarter of the RAM
     assert in_memory_budget(total_memory=256 * gib, processes=1) == 8 * gib  # capped at 8 GiB
     assert in_memory_budget(total_memory=256 * gib, processes=8) == gib  # shared by the machine's processes
-    assert choose_data_path("auto", 50_000, 32, total_memory=16 * gib, processes=1) == "in_memory"
-    assert choose_data_path("auto", 100_000, 64, total_memory=4 * gib, processes=1) == "per_sample"  # 1.2 GB > 1 GiB
-    assert choose_data_path("auto", 1_281_167, 224, total_memory=512 * gib, processes=1) == "per_sample"  # ImageNet
-    assert choose_data_path("per_sample", 10, 32) == "per_sample" and choose_data_path("in_memory", 10**9, 224) == "in_memory"
-    with pytest.raises(DataError, match="data_path must be one of"):
-        choose_data_path("gpu", 10, 32)
+    assert choose_data_pipeline("auto", 50_000, 32, total_memory=16 * gib, processes=1) == "in_memory"
+    assert choose_data_pipeline("auto", 100_000, 64, total_memory=4 * gib, processes=1) == "per_sample"  # 1.2 GB > 1 GiB
+    assert choose_data_pipeline("auto", 1_281_167, 224, total_memory=512 * gib, processes=1) == "per_sample"  # ImageNet
+    assert choose_data_pipeline("per_sample", 10, 32) == "per_sample" and choose_data_pipeline("in_memory", 10**9, 224) == "in_memory"
+    with pytest.raises(DataError, match="data_pipeline must be one of"):
+        choose_data_pipeline("gpu", 10, 32)
 
 
-def test_data_arguments_keep_device_augmentation_as_an_alias(tmp_path):
-    assert DataArguments().data_path == "auto"
-    assert DataArguments(device_augmentation=True).data_path == "in_memory"
-    assert DataArguments(device_augmentation=False).data_path == "per_sample"
-    with pytest.raises(ValueError, match="contradicts data_path=per_sample"):
-        DataArguments(device_augmentation=True, data_path="per_sample")
+def test_data_arguments_take_the_data_pipeline_from_a_recipe(tmp_path):
+    assert DataArguments().data_pipeline == "auto"
+    with pytest.raises(ValueError, match="data_pipeline must be auto, in_memory or per_sample"):
+        DataArguments(data_pipeline="gpu")
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text("student: resnet8\ndataset: cifar10\ndevice_augmentation: true\n")
+    recipe.write_text("student: resnet8\ndataset: cifar10\ndata_pipeline: in_memory\n")
     _, data_args, _ = parse_recipe([str(recipe), "--output_dir", str(tmp_path / "run")])
-    assert data_args.data_path == "in_memory"
+    assert data_args.data_pipeline == "in_memory"
     _, data_args, _ = parse_recipe([str(recipe), "--output_dir", str(tmp_path / "run"), "--data-dir", "/x"])
     assert data_args.data_dir == "/x"
 
 
 def _both_paths_agree(data_args_kwargs, seed, positions, epochs=(0, 3)):
-    per_sample = _load_splits(DataArguments(data_path="per_sample", **data_args_kwargs), seed)
-    in_memory = _load_splits(DataArguments(data_path="in_memory", **data_args_kwargs), seed)
+    per_sample = _load_splits(DataArguments(data_pipeline="per_sample", **data_args_kwargs), seed)
+    in_memory = _load_splits(DataArguments(data_pipeline="in_memory", **data_args_kwargs), seed)
     train_ps, eval_ps, none, num_labels, class_names, stats = per_sample
     train_mem, eval_mem, augment, *rest = in_memory
     assert none is None and isinstance(augment, DeviceAugmentation) and rest == [num_labels, class_names, stats]
@@ -92,7 +90,7 @@ def test_command_line_data_loading_gives_the_same_images_on_both_paths(tmp_path)
     assert (num_labels, class_names, stats) == (10, list(CIFAR10_CLASS_NAMES), CIFAR10.stats)
     auto = _load_splits(DataArguments(dataset=str(root)), 4)
     assert isinstance(auto[0], InMemoryImageDataset)  # 30 images fit: auto is the in-memory path
-    limited = _load_splits(DataArguments(dataset=str(root), data_path="per_sample", max_train_samples=5), 4)[0]
+    limited = _load_splits(DataArguments(dataset=str(root), data_pipeline="per_sample", max_train_samples=5), 4)[0]
     assert len(limited) == 5 and len(train) == 30
 
 

@@ -15,16 +15,16 @@ import os
 from .errors import DataError
 
 __all__ = [
-    "DATA_PATHS",
+    "DATA_PIPELINES",
     "MEMORY_FRACTION",
     "MEMORY_CAP_BYTES",
     "uint8_bytes",
     "total_memory_bytes",
     "in_memory_budget",
-    "choose_data_path",
+    "choose_data_pipeline",
 ]
 
-DATA_PATHS = ("auto", "in_memory", "per_sample")
+DATA_PIPELINES = ("auto", "in_memory", "per_sample")
 #: ``auto`` keeps the decoded train split in memory when it needs at most this fraction of the RAM ...
 MEMORY_FRACTION = 0.25
 #: ... and at most this many bytes (per machine, divided between its processes).
@@ -56,7 +56,7 @@ def in_memory_budget(total_memory: int | None = None, processes: int | None = No
     return int(min(MEMORY_FRACTION * total, MEMORY_CAP_BYTES) // max(int(processes), 1))
 
 
-def choose_data_path(
+def choose_data_pipeline(
     requested: str,
     num_images: int,
     image_size: int,
@@ -66,8 +66,8 @@ def choose_data_path(
 ) -> str:
     """``"in_memory"`` or ``"per_sample"``: ``requested`` unless it is ``"auto"``, which picks ``in_memory`` when the
     decoded split (:func:`uint8_bytes`) fits in :func:`in_memory_budget`."""
-    if requested not in DATA_PATHS:
-        raise DataError(f"data_path must be one of {list(DATA_PATHS)}, got {requested!r}.")
+    if requested not in DATA_PIPELINES:
+        raise DataError(f"data_pipeline must be one of {list(DATA_PIPELINES)}, got {requested!r}.")
     if requested != "auto":
         return requested
     budget = in_memory_budget(total_memory, processes)

@@ -4,8 +4,8 @@
 
 This file is the single source of the recipes (tests/test_recipes.py checks the files match it). Every recipe
 states every loss weight explicitly, so it means the same thing whatever rrd_hf's defaults are, and names the
-source of every constant in a YAML comment. Sources marked "recalled" were written from memory of the cited
-code, not checked against a stored copy of it.
+source of every constant in a YAML comment that cites an entry of docs/references.md (`ref(anchor)`), where the
+paper table or the repository file, line and commit of the value is given.
 """
 
 from __future__ import annotations
@@ -19,22 +19,36 @@ RECIPE_ROOT = HERE / "cifar100"
 
 Pair = tuple[str, str]
 
+REFERENCES = "docs/references.md"
+
+
+def ref(anchor: str) -> str:
+    """A citation of an entry of docs/references.md (tests/test_recipes.py checks that the anchor exists)."""
+    return f"{REFERENCES}#{anchor}"
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Published numbers (top-1 %, CIFAR-100) and where they come from
 # --------------------------------------------------------------------------------------------------------------
 
-# Short keys of the sources of published numbers; README prints them as footnotes.
+# Short keys of the sources of published numbers; README prints them as footnotes. Each says whether the number
+# is a last-epoch or a best-epoch accuracy (docs/references.md#best-or-last-epoch).
 NUMBER_SOURCES = {
-    "crd": "CRD paper tables, identical to the RepDistiller README (rrd-paper.md §3)",
-    "rrd": "RRD authors' README tables of Sep 2024 (giakoumoglou/distillers `5a19fd0`; rrd-paper.md §3)",
-    "dkd": "DKD paper / mdistiller README, via anchors.md §4 (wrn_40_2 → wrn_16_2: 76.24 in the DKD paper, "
-           "76.23 in the mdistiller README)",
-    "ls": "logit-standardization-KD README (Sun et al., CVPR 2024), via anchors.md §4",
+    "crd": "CRD paper tables as in the RepDistiller README (CRD+KD: as in the RRD authors' README); last-epoch "
+           f"accuracy; see {ref('benchmark-numbers')} and {ref('best-or-last-epoch')}",
+    "rrd": "RRD authors' README of Sep 2024 (giakoumoglou/distillers `5a19fd0`); last-epoch accuracy by their code; "
+           f"see {ref('rrd-numbers')} and {ref('best-or-last-epoch')}",
+    "dkd": "DKD authors' numbers in the mdistiller README (wrn_40_2 → wrn_16_2: 76.24 as in the LS README, 76.23 in "
+           f"the mdistiller README); best epoch, mean of 5 runs; see {ref('dkd-numbers')} and "
+           f"{ref('best-or-last-epoch')}",
+    "ls": "logit-standardization-KD README (Sun et al., CVPR 2024); best epoch; see "
+          f"{ref('ls-numbers')} and {ref('best-or-last-epoch')}",
 }
 
 TEACHERS = {"wrn_40_2": 75.61, "resnet56": 72.34, "resnet110": 74.31, "resnet32x4": 79.42, "vgg13": 74.64,
-            "ResNet50": 79.34}  # source "crd"
-# (teacher, student): (student alone, KD, RRD, RRD+KD); student alone and KD: "crd", RRD and RRD+KD: "rrd".
+            "ResNet50": 79.34}  # source "crd" (docs/references.md#teachers-and-students-alone)
+# (teacher, student): (student alone, KD, RRD, RRD+KD); student alone and KD: "crd", RRD and RRD+KD: "rrd"
+# (docs/references.md#teachers-and-students-alone, #benchmark-numbers, #rrd-numbers).
 PAIRS: dict[Pair, tuple[float, float, float, float]] = {
     ("wrn_40_2", "wrn_16_2"): (73.26, 74.92, 75.33, 75.66),
     ("wrn_40_2", "wrn_40_1"): (71.98, 73.54, 73.55, 74.67),
@@ -51,10 +65,13 @@ PAIRS: dict[Pair, tuple[float, float, float, float]] = {
     ("wrn_40_2", "ShuffleV1"): (70.50, 74.83, 74.98, 76.31),
 }
 ALL_PAIRS = tuple(PAIRS)
-# The four pairs with published state-of-the-art logit-method numbers (anchors.md §4).
+# The four pairs with published numbers of both logit-standardisation methods that the recipes reproduce
+# (docs/references.md#ls-numbers).
 MODERN_PAIRS = (("resnet32x4", "resnet8x4"), ("wrn_40_2", "wrn_16_2"), ("vgg13", "vgg8"), ("resnet32x4", "ShuffleV2"))
 
-# Rows of the benchmark tables (source "crd"), in their order; None: not in the table.
+# Rows of the benchmark tables (source "crd"), in their order; None: not in the table. CRD+KD is read from the RRD
+# authors' README, the other rows from the RepDistiller README (docs/references.md#benchmark-numbers,
+# #crd-with-kd-numbers).
 TABLE_ROWS = ("kd", "fitnet", "at", "sp", "cc", "vid", "rkd", "pkt", "ab", "ft", "fsp", "nst", "crd", "crd_kd")
 PUBLISHED: dict[Pair, tuple[float | None, ...]] = {
     ("wrn_40_2", "wrn_16_2"): (74.92, 73.58, 74.08, 73.83, 73.56, 74.11, 73.35, 74.54, 72.50, 73.25, 72.91, 73.68, 75.48, 75.64),
@@ -74,10 +91,13 @@ PUBLISHED: dict[Pair, tuple[float | None, ...]] = {
 # FSP needs equal channel counts in each layer pair: the same-architecture table marks wrn_40_2 → wrn_40_1 "N/A",
 # the cross-architecture table has no FSP row. No recipe is written for these pairs.
 FSP_MARKED_NA = {("wrn_40_2", "wrn_40_1")}
-# Published numbers of the modern logit methods on MODERN_PAIRS (anchors.md §4). No other pair's number is in the
-# sourced notes, so the other pairs' cells say so rather than quote a number from memory.
-DKD_PUBLISHED = {("resnet32x4", "resnet8x4"): 76.32, ("wrn_40_2", "wrn_16_2"): 76.24, ("vgg13", "vgg8"): 74.68,
+# DKD's published numbers: every pair with a DKD config in mdistiller (docs/references.md#dkd-numbers).
+DKD_PUBLISHED = {("resnet56", "resnet20"): 71.97, ("resnet110", "resnet32"): 74.11,
+                 ("resnet32x4", "resnet8x4"): 76.32, ("wrn_40_2", "wrn_16_2"): 76.24, ("wrn_40_2", "wrn_40_1"): 74.81,
+                 ("vgg13", "vgg8"): 74.68, ("resnet32x4", "ShuffleV1"): 76.45, ("wrn_40_2", "ShuffleV1"): 76.70,
+                 ("vgg13", "MobileNetV2"): 69.71, ("ResNet50", "MobileNetV2"): 70.35,
                  ("resnet32x4", "ShuffleV2"): 77.07}
+# KD+LS and DKD+LS on MODERN_PAIRS (docs/references.md#ls-numbers).
 KD_LS_PUBLISHED = {("resnet32x4", "resnet8x4"): 76.62, ("wrn_40_2", "wrn_16_2"): 76.11, ("vgg13", "vgg8"): 74.36,
                    ("resnet32x4", "ShuffleV2"): 75.56}
 DKD_LS_PUBLISHED = {("resnet32x4", "resnet8x4"): 77.01, ("wrn_40_2", "wrn_16_2"): 76.39, ("vgg13", "vgg8"): 74.81,
@@ -93,7 +113,8 @@ MEASURED: dict[str, str] = {}
 
 REPD = "RepDistiller train_student.py"
 REPD_SCRIPT = "RepDistiller scripts/run_cifar_distill.sh"
-# DKD's beta per pair: DKD.BETA of mdistiller's configs/cifar100/dkd/ config of the pair (issue 11).
+# DKD's beta per pair: DKD.BETA of mdistiller's configs/cifar100/dkd/ config of the pair, or cfg.py's default 8.0
+# where the config sets none (docs/references.md#dkd-beta).
 DKD_BETA = {
     ("resnet56", "resnet20"): 2.0,
     ("resnet110", "resnet32"): 2.0,
@@ -107,16 +128,35 @@ DKD_BETA = {
     ("ResNet50", "MobileNetV2"): 8.0,
     ("wrn_40_2", "ShuffleV1"): 8.0,
 }
-DKD_DEFAULT_BETA = 8.0  # mdistiller cfg.py CFG.DKD.BETA, for the two pairs without a DKD config
+DKD_DEFAULT_BETA = 8.0  # mdistiller cfg.py DKD.BETA, for the two pairs without a DKD config
 SMALL_LR = {"MobileNetV2", "ShuffleV1", "ShuffleV2"}
+
+# The LS authors' CIFAR-100 runs behind KD_LS_PUBLISHED and DKD_LS_PUBLISHED, read from the names of the logs their
+# README links (`KD_TYPE,TEACHER,STUDENT,BASE_TEMPERATURE,KD_WEIGHT[,BETA]`; docs/references.md#ls-runs).
+# KD+LS: pair -> (base temperature, --kd-weight, log).
+LS_KD_RUNS: dict[Pair, tuple[float, float, str]] = {
+    ("resnet32x4", "resnet8x4"): (2.0, 9.0, "logs/KD/kd,resnet32x4,resnet8x4,2,9.txt"),
+    ("wrn_40_2", "wrn_16_2"): (2.0, 9.0, "logs/KD/kd,wrn_40_2,wrn_16_2,2,9.txt"),
+    ("vgg13", "vgg8"): (3.0, 9.0, "logs/KD/kd,vgg13,vgg8,3,9.txt"),
+    ("resnet32x4", "ShuffleV2"): (2.0, 9.0, "logs/KD/kd,resnet32x4,ShuffleV2,2,9.txt"),
+}
+# DKD+LS: pair -> (base temperature, --kd-weight, DKD.BETA, log). A log name without a beta ran with the LS config's
+# DKD.BETA, which for these two pairs is cfg.py's default 8.0. tools/train.py multiplies DKD.ALPHA (1) and DKD.BETA
+# by --kd-weight, so the runs trained with alpha = weight and beta = weight x DKD.BETA.
+LS_DKD_RUNS: dict[Pair, tuple[float, float, float, str]] = {
+    ("resnet32x4", "resnet8x4"): (2.0, 9.0, 8.0, "logs/DKD/dkd,resnet32x4,resnet8x4,2,9.txt"),
+    ("wrn_40_2", "wrn_16_2"): (2.0, 12.0, 2.0, "logs/DKD/dkd,wrn_40_2,wrn_16_2,2,12,2.0.txt"),
+    ("vgg13", "vgg8"): (2.0, 15.0, 2.0, "logs/DKD/dkd,vgg13,vgg8,2,15,2.0.txt"),
+    ("resnet32x4", "ShuffleV2"): (2.0, 9.0, 8.0, "logs/DKD/dkd,resnet32x4,ShuffleV2,2,9.txt"),
+}
 
 
 def dkd_beta(pair: Pair) -> tuple[float, str]:
     """(beta, source) of DKD for a pair."""
     if pair in DKD_BETA:
-        return DKD_BETA[pair], "DKD.BETA of mdistiller's DKD config of this pair (configs/cifar100/dkd/)"
+        return DKD_BETA[pair], f"DKD.BETA of mdistiller's DKD config of this pair ({ref('dkd-beta')})"
     return DKD_DEFAULT_BETA, ("mdistiller's default DKD.BETA (engine/cfg.py): mdistiller has no DKD config, and DKD "
-                              "no published number, for this pair")
+                              f"no published number, for this pair ({ref('dkd-beta')})")
 
 
 @dataclass(frozen=True)
@@ -132,48 +172,53 @@ def protocol(model: str, *, drop_last: bool, teacher: bool = False) -> list[Line
     """The training protocol shared by every recipe (RepDistiller's; mdistiller's CIFAR-100 solver is the same)."""
     script = "RepDistiller train_teacher.py" if teacher else REPD
     small = model in SMALL_LR
+    src = ref("training-protocol")
     return [
         Line("dataset", "cifar100", "the benchmark's dataset (uoft-cs/cifar100)"),
-        Line("num_train_epochs", 240, f"{script} --epochs 240"),
-        Line("per_device_train_batch_size", 64, f"{script} --batch_size 64 (one process)"),
+        Line("num_train_epochs", 240, f"{script} --epochs 240 ({src})"),
+        Line("per_device_train_batch_size", 64, f"{script} --batch_size 64, one process ({src})"),
         Line("learning_rate", 0.01 if small else 0.05,
-             f"{script} parse_option: 0.01 for MobileNetV2/ShuffleV1/ShuffleV2" if small
-             else f"{script} --learning_rate 0.05"),
-        Line("optim", "sgd", f"{script}: optim.SGD"),
-        Line("optim_args", "momentum=0.9", f"{script} --momentum 0.9"),
-        Line("weight_decay", 5e-4, f"{script} --weight_decay 5e-4"),
-        Line("decay_all_parameters", True, f"{script}: SGD over all parameters, BatchNorm and biases included"),
-        Line("lr_decay_epochs", [150, 180, 210], f"{script} --lr_decay_epochs 150,180,210"),
-        Line("lr_decay_rate", 0.1, f"{script} --lr_decay_rate 0.1"),
-        Line("max_grad_norm", 0.0, "no gradient clipping in the benchmark code"),
+             f"{script} parse_option: 0.01 for MobileNetV2/ShuffleV1/ShuffleV2 ({src})" if small
+             else f"{script} --learning_rate 0.05 ({src})"),
+        Line("optim", "sgd", f"{script}: optim.SGD ({src})"),
+        Line("optim_args", "momentum=0.9", f"{script} --momentum 0.9 ({src})"),
+        Line("weight_decay", 5e-4, f"{script} --weight_decay 5e-4 ({src})"),
+        Line("decay_all_parameters", True,
+             f"{script}: SGD over all parameters, BatchNorm and biases included ({src})"),
+        Line("lr_decay_epochs", [150, 180, 210], f"{script} --lr_decay_epochs 150,180,210 ({src})"),
+        Line("lr_decay_rate", 0.1, f"{script} --lr_decay_rate 0.1 ({src})"),
+        Line("max_grad_norm", 0.0, f"no gradient clipping in the benchmark code ({src})"),
         Line("dataloader_drop_last", drop_last,
-             "the RRD authors' CIFAR-100 loader drops the last partial batch (the FIFO memory needs full batches)"
-             if drop_last else "RepDistiller's and mdistiller's CIFAR-100 train loaders keep the last partial batch"),
+             "the RRD authors' CIFAR-100 loader drops the last partial batch (the FIFO memory needs full batches; "
+             f"{ref('data-loaders')})"
+             if drop_last else
+             f"RepDistiller's and mdistiller's CIFAR-100 train loaders keep the last partial batch ({ref('data-loaders')})"),
         Line("ddp_find_unused_parameters", False,
              "every trainable parameter gets a gradient in every main-stage step (tests/test_models.py, "
-             "tests/test_methods.py): no DDP graph walk per step"),
-        Line("eval_strategy", "epoch", "the benchmark evaluates every epoch (best-epoch top-1 needs it)"),
+             "tests/test_methods_trainer.py): no DDP graph walk per step"),
+        Line("eval_strategy", "epoch", f"the benchmark evaluates every epoch ({src})"),
         Line("per_device_eval_batch_size", 256, "rrd_hf choice; evaluation runs in eval mode, results do not depend on it"),
         Line("dataloader_num_workers", 4, "rrd_hf choice (does not change results)"),
         Line("save_strategy", "epoch", "rrd_hf choice: resumable runs"),
         Line("save_total_limit", 2, "rrd_hf choice"),
         Line("logging_steps", 100, "rrd_hf choice"),
         Line("report_to", "none", "rrd_hf choice"),
-        Line("seed", 0, "rrd_hf choice: the benchmark code sets no seed; vary it with --seed for several runs"),
+        Line("seed", 0, f"rrd_hf choice: the benchmark code sets no seed; vary it with --seed ({ref('library-choices')})"),
     ]
 
 
 def rrd_lines() -> list[Line]:
-    """RRD in the setting that produced the published numbers (the authors' 2024 code, rrd-paper.md §1)."""
+    """RRD in the setting of the authors' 2024 code (giakoumoglou/distillers 5a19fd0), that of the quoted numbers."""
+    src = ref("rrd-setting")
     return [
-        Line("rrd_weight", 1.0, "RRD authors' README: -b 1"),
+        Line("rrd_weight", 1.0, f"RRD authors' commands: -b 1 ({src})"),
         Line("rrd_preset", "published", "the 2024 code's setting; the three fields below state it explicitly"),
-        Line("student_temperature", 0.04, "RRD 2024 code --nce_t_s 0.04 (rrd-paper.md §1.6)"),
-        Line("teacher_temperature", 0.10, "RRD 2024 code --nce_t_t 0.10 (rrd-paper.md §1.6)"),
-        Line("enqueue", "after", "RRD 2024 code: the batch is enqueued after the loss (rrd-paper.md §1.5)"),
-        Line("memory_size", 16384, "RRD code --nce_k 16384"),
-        Line("embedding_dim", 128, "RRD code --feat_dim 128"),
-        Line("memory_type", "fifo", "the FIFO queue, the only memory of the 2024 code"),
+        Line("student_temperature", 0.04, f"RRD 2024 code --nce_t_s 0.04 ({src})"),
+        Line("teacher_temperature", 0.10, f"RRD 2024 code --nce_t_t 0.10 ({src})"),
+        Line("enqueue", "after", f"RRD 2024 code: the batch is enqueued after the loss ({src})"),
+        Line("memory_size", 16384, f"RRD code --nce_k 16384 ({src})"),
+        Line("embedding_dim", 128, f"RRD code --feat_dim 128 ({src})"),
+        Line("memory_type", "fifo", f"the FIFO queue, the only memory of the 2024 code ({src})"),
     ]
 
 
@@ -201,25 +246,24 @@ class Method:
 
 
 def _dkd_no_number(pair: Pair) -> str:
-    if pair in DKD_BETA:
-        return "in the DKD paper, not in the sourced notes (not quoted)"
-    return "none (DKD has no result for this pair)"
+    return f"none (DKD's authors have no result for this pair; {ref('dkd-numbers')})"
 
 
 def _not_published(pair: Pair) -> str:
-    return "none (not a published combination)"
+    return f"none (not a published combination; {ref('combinations')})"
 
 
 def baseline(key: str, weight: float, **extra: tuple[object, str]) -> Callable[[Pair], list[Line]]:
     """A benchmark baseline: CE 1 + `weight` x method (RepDistiller -r 1 -a 0 -b weight)."""
+    src = ref("benchmark-weights")
 
     def lines(pair: Pair) -> list[Line]:
         return [
-            Line("ce_weight", 1.0, f"{REPD} -r (gamma), default 1"),
+            Line("ce_weight", 1.0, f"{REPD} -r (gamma), default 1 ({src})"),
             off("kd_weight", "Hinton KD (-a 0)"),
             off("rrd_weight", "RRD"),
-            Line("distill_method", key, f"{REPD} --distill {REPD_KEYS.get(key, key)}"),
-            Line("distill_weight", weight, f"{REPD_SCRIPT}: -b {weight:g}"),
+            Line("distill_method", key, f"{REPD} --distill {REPD_KEYS.get(key, key)} ({src})"),
+            Line("distill_weight", weight, f"{REPD_SCRIPT}: -b {weight:g} ({src})"),
             *(Line(name, value, source) for name, (value, source) in extra.items()),
         ]
 
@@ -227,10 +271,11 @@ def baseline(key: str, weight: float, **extra: tuple[object, str]) -> Callable[[
 
 
 REPD_KEYS = {"ab": "abound", "ft": "factor", "fitnet": "hint", "at": "attention", "cc": "correlation", "sp": "similarity"}
-INIT_30 = (30, f"{REPD} --init_epochs 30")
+INIT_30 = (30, f"{REPD} --init_epochs 30 ({ref('init-stage')})")
 
-#: Students whose FT init stage RepDistiller's helper/pretrain.py::init() runs at lr 0.01 (recalled); every other
-#: student's at the run's learning rate (the rrd_hf default, init_learning_rate None).
+#: Students whose FT init stage RepDistiller's helper/pretrain.py::init() runs at lr 0.01 (its lines 22-27 at b84f547,
+#: docs/references.md#ft-init-learning-rate); every other student's at the run's learning rate (the rrd_hf default,
+#: init_learning_rate None): 0.01 for MobileNetV2/ShuffleNets, 0.05 for vgg8.
 FT_INIT_LR_0_01 = {"resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet8x4",
                    "resnet32x4", "wrn_16_1", "wrn_16_2", "wrn_40_1", "wrn_40_2"}
 
@@ -240,7 +285,7 @@ def ft_lines(pair: Pair) -> list[Line]:
     if pair[1] in FT_INIT_LR_0_01:
         lines.append(Line("distill_kwargs", {
             "init_learning_rate": (0.01, "RepDistiller helper/pretrain.py init(): lr 0.01 for FT with ResNet/WRN students "
-                                         "(recalled)")}, "rrd_hf.methods ft keyword arguments"))
+                                         f"({ref('ft-init-learning-rate')})")}, "rrd_hf.methods ft keyword arguments"))
     return lines
 
 
@@ -261,105 +306,127 @@ BASELINES: dict[str, Callable[[Pair], list[Line]]] = {
 
 
 def kd_lines(pair: Pair) -> list[Line]:
+    src = ref("kd")
     return [
-        Line("ce_weight", 0.1, f"RepDistiller README and {REPD_SCRIPT}, KD: -r 0.1"),
-        Line("kd_weight", 0.9, f"RepDistiller README and {REPD_SCRIPT}, KD: -a 0.9"),
-        Line("kd_temperature", 4.0, f"{REPD} --kd_T 4"),
+        Line("ce_weight", 0.1, f"RepDistiller README and {REPD_SCRIPT}, KD: -r 0.1 ({src})"),
+        Line("kd_weight", 0.9, f"RepDistiller README and {REPD_SCRIPT}, KD: -a 0.9 ({src})"),
+        Line("kd_temperature", 4.0, f"{REPD} --kd_T 4 ({src})"),
         off("rrd_weight", "RRD"),
     ]
 
 
 def crd_kd_lines(pair: Pair) -> list[Line]:
+    src = ref("crd-with-kd-weights")
     return [
-        Line("ce_weight", 1.0, f"{REPD} -r (gamma), default 1"),
-        Line("kd_weight", 1.0, f"{REPD_SCRIPT}, CRD+KD: -a 1 (recalled)"),
-        Line("kd_temperature", 4.0, f"{REPD} --kd_T 4"),
+        Line("ce_weight", 1.0, f"{REPD} -r (gamma), default 1 ({src})"),
+        Line("kd_weight", 1.0, f"{REPD_SCRIPT}, CRD+KD: -a 1 ({src})"),
+        Line("kd_temperature", 4.0, f"{REPD} --kd_T 4 ({ref('kd')})"),
         off("rrd_weight", "RRD"),
-        Line("distill_method", "crd", f"{REPD} --distill crd"),
-        Line("distill_weight", 0.8, f"{REPD_SCRIPT}, CRD+KD: -b 0.8 (recalled)"),
+        Line("distill_method", "crd", f"{REPD} --distill crd ({src})"),
+        Line("distill_weight", 0.8, f"{REPD_SCRIPT}, CRD+KD: -b 0.8 ({src})"),
     ]
 
 
-def dkd_kwargs(pair: Pair, *, standardized: bool) -> Line:
+def dkd_kwargs(pair: Pair) -> Line:
     beta, beta_source = dkd_beta(pair)
-    if standardized:
-        temperature = (2.0, "LS: --base-temp 2 replaces DKD.T (recalled)")
-        beta_source += "; LS keeps the DKD configs and scales alpha and beta by the weight (recalled)"
-    else:
-        temperature = (4.0, "mdistiller DKD.T 4.0")
+    src = ref("dkd")
     return Line("distill_kwargs", {
-        "alpha": (1.0, "mdistiller DKD.ALPHA 1.0"),
+        "alpha": (1.0, f"mdistiller DKD.ALPHA 1.0 ({src})"),
         "beta": (beta, beta_source),
-        "temperature": temperature,
-        "warmup_epochs": (20, "mdistiller DKD.WARMUP 20 (linear warm-up of the DKD term, 1-based epochs)"),
+        "temperature": (4.0, f"mdistiller DKD.T 4.0 ({src})"),
+        "warmup_epochs": (20, f"mdistiller DKD.WARMUP 20: linear warm-up of the DKD term, 1-based epochs ({src})"),
     }, "rrd_hf.methods dkd keyword arguments")
 
 
 def dkd_lines(pair: Pair) -> list[Line]:
+    src = ref("dkd")
     return [
-        Line("ce_weight", 1.0, "mdistiller DKD.CE_WEIGHT 1.0"),
+        Line("ce_weight", 1.0, f"mdistiller DKD.CE_WEIGHT 1.0 ({src})"),
         off("kd_weight", "Hinton KD"),
         off("rrd_weight", "RRD"),
         Line("distill_method", "dkd", "Decoupled KD (Zhao et al., CVPR 2022; mdistiller distillers/DKD.py)"),
-        Line("distill_weight", 1.0, "mdistiller adds alpha*TCKD + beta*NCKD with no further weight"),
-        dkd_kwargs(pair, standardized=False),
+        Line("distill_weight", 1.0, f"mdistiller adds alpha*TCKD + beta*NCKD with no further weight ({src})"),
+        dkd_kwargs(pair),
     ]
 
 
 def rrd_dkd_lines(pair: Pair) -> list[Line]:
     return [
-        Line("ce_weight", 1.0, "CE weight 1 in both RRD (-r 1) and DKD (DKD.CE_WEIGHT 1.0)"),
+        Line("ce_weight", 1.0, f"CE weight 1 in both RRD (-r 1) and DKD (DKD.CE_WEIGHT 1.0) ({ref('combinations')})"),
         off("kd_weight", "Hinton KD"),
         *rrd_lines(),
         Line("distill_method", "dkd", "Decoupled KD (mdistiller distillers/DKD.py)"),
-        Line("distill_weight", 1.0, "DKD at its own published weight (alpha*TCKD + beta*NCKD)"),
-        dkd_kwargs(pair, standardized=False),
+        Line("distill_weight", 1.0, f"DKD at its own published weight, alpha*TCKD + beta*NCKD ({ref('dkd')})"),
+        dkd_kwargs(pair),
     ]
 
 
-LS_WEIGHT = "--kd-weight 9 of the logit-standardization-KD CIFAR-100 command (recalled)"
+def _ls_kd_lines(pair: Pair) -> tuple[Line, Line]:
+    """distill_weight and distill_kwargs of KD+LS on a pair: the setting of the LS authors' run of that pair."""
+    temperature, weight, log = LS_KD_RUNS[pair]
+    src = ref("ls-runs")
+    return (
+        Line("distill_weight", weight,
+             f"--kd-weight {weight:g} of the LS authors' run {log}, in place of KD.LOSS.KD_WEIGHT ({src})"),
+        Line("distill_kwargs", {"temperature": (temperature, f"--base-temp {temperature:g} of that run, in place of "
+                                                             f"KD.TEMPERATURE ({src})")},
+             "rrd_hf.methods kd_ls keyword arguments"),
+    )
 
 
 def kd_ls_lines(pair: Pair) -> list[Line]:
     return [
-        Line("ce_weight", 0.1, "mdistiller KD.LOSS.CE_WEIGHT 0.1, which the LS command leaves as is (recalled)"),
+        Line("ce_weight", 0.1, f"KD.LOSS.CE_WEIGHT 0.1, which the LS command leaves as is ({ref('ls-command')})"),
         off("kd_weight", "Hinton KD (replaced by kd_ls)"),
         off("rrd_weight", "RRD"),
-        Line("distill_method", "kd_ls", "KD on z-scored logits (Sun et al., CVPR 2024, --logit-stand)"),
-        Line("distill_weight", 9.0, f"{LS_WEIGHT}, in place of KD.LOSS.KD_WEIGHT 0.9"),
-        Line("distill_kwargs", {"temperature": (2.0, "LS: --base-temp 2 replaces KD.TEMPERATURE (recalled)")},
-             "rrd_hf.methods kd_ls keyword arguments"),
+        Line("distill_method", "kd_ls",
+             f"KD on z-scored logits (Sun et al., CVPR 2024, --logit-stand; {ref('logit-standardisation')})"),
+        *_ls_kd_lines(pair),
     ]
 
 
 def dkd_ls_lines(pair: Pair) -> list[Line]:
+    temperature, weight, beta, log = LS_DKD_RUNS[pair]
+    src, cmd = ref("ls-runs"), ref("ls-command")
+    named = log.removesuffix(".txt").split(",")[5:]  # the log name's sixth value, when present, is the run's beta
+    beta_source = (f"DKD.BETA {beta:g} of the LS authors' run {log}" if named else
+                   f"DKD.BETA of the LS config of this pair, which sets none: default {beta:g} (run {log})")
     return [
-        Line("ce_weight", 1.0, "mdistiller DKD.CE_WEIGHT 1.0, unchanged by the LS command (recalled)"),
+        Line("ce_weight", 1.0, f"DKD.CE_WEIGHT 1.0, which the LS command leaves as is ({cmd})"),
         off("kd_weight", "Hinton KD"),
         off("rrd_weight", "RRD"),
-        Line("distill_method", "dkd_ls", "DKD on z-scored logits (Sun et al., CVPR 2024, --logit-stand)"),
-        Line("distill_weight", 9.0, f"{LS_WEIGHT}; its tools/train.py multiplies DKD.ALPHA and DKD.BETA by it (recalled)"),
-        dkd_kwargs(pair, standardized=True),
+        Line("distill_method", "dkd_ls",
+             f"DKD on z-scored logits (Sun et al., CVPR 2024, --logit-stand; {ref('logit-standardisation')})"),
+        Line("distill_weight", weight,
+             f"--kd-weight {weight:g} of the LS authors' run {log}; LS tools/train.py multiplies DKD.ALPHA and "
+             f"DKD.BETA by it, so the run trained with alpha {weight:g}, beta {weight * beta:g} ({src}, {cmd})"),
+        Line("distill_kwargs", {
+            "alpha": (1.0, f"DKD.ALPHA 1.0, times distill_weight ({ref('dkd')}, {cmd})"),
+            "beta": (beta, f"{beta_source}, times distill_weight ({src})"),
+            "temperature": (temperature, f"--base-temp {temperature:g} of that run, in place of DKD.T ({src})"),
+            "warmup_epochs": (20, f"DKD.WARMUP 20, kept by the LS code ({ref('dkd')}, {ref('logit-standardisation')})"),
+        }, "rrd_hf.methods dkd_ls keyword arguments"),
     ]
 
 
 def rrd_kd_ls_lines(pair: Pair) -> list[Line]:
     return [
-        Line("ce_weight", 0.1, "KD-LS's CE weight (this combination has no published setting)"),
+        Line("ce_weight", 0.1, f"KD+LS's CE weight; this combination has no published setting ({ref('combinations')})"),
         off("kd_weight", "Hinton KD (replaced by kd_ls)"),
         *rrd_lines(),
-        Line("distill_method", "kd_ls", "KD on z-scored logits (Sun et al., CVPR 2024)"),
-        Line("distill_weight", 9.0, f"KD-LS's weight, {LS_WEIGHT}"),
-        Line("distill_kwargs", {"temperature": (2.0, "LS: --base-temp 2 (recalled)")},
-             "rrd_hf.methods kd_ls keyword arguments"),
+        Line("distill_method", "kd_ls",
+             f"KD on z-scored logits (Sun et al., CVPR 2024; {ref('logit-standardisation')})"),
+        *_ls_kd_lines(pair),
     ]
 
 
 def rrd_student_lines(with_kd: bool) -> Callable[[Pair], list[Line]]:
+    src = ref("rrd-setting")
+
     def lines(pair: Pair) -> list[Line]:
-        kd = [Line("kd_weight", 1.0, "RRD authors' README, RRD+KD: -a 1"),
-              Line("kd_temperature", 4.0, "RRD code --kd_T 4")] if with_kd else [off("kd_weight", "Hinton KD (-a 0)")]
-        return [Line("ce_weight", 1.0, "RRD authors' README: -r 1"), *kd, *rrd_lines()]
+        kd = [Line("kd_weight", 1.0, f"RRD authors' command, RRD+KD: -a 1 ({src})"),
+              Line("kd_temperature", 4.0, f"RRD code --kd_T 4 ({src})")] if with_kd else [off("kd_weight", "Hinton KD (-a 0)")]
+        return [Line("ce_weight", 1.0, f"RRD code: -r default 1 ({src})"), *kd, *rrd_lines()]
 
     return lines
 
@@ -395,10 +462,11 @@ METHODS: dict[str, Method] = {
     "rrd_dkd": Method("RRD+DKD", rrd_dkd_lines, note="RRD (published setting) plus DKD (mdistiller's setting, beta "
                       "per pair)", uses_rrd=True, no_number=_not_published),
     "kd_ls": Method("KD+LS", kd_ls_lines, pairs=MODERN_PAIRS, published=KD_LS_PUBLISHED, number_source="ls",
-                    note="KD with logit standardisation, the LS authors' CIFAR-100 command"),
+                    note="KD with logit standardisation, the LS authors' CIFAR-100 run of this pair"),
     "dkd_ls": Method("DKD+LS", dkd_ls_lines, pairs=MODERN_PAIRS, published=DKD_LS_PUBLISHED, number_source="ls",
-                     note="DKD with logit standardisation, the LS authors' CIFAR-100 command"),
-    "rrd_kd_ls": Method("RRD+KD+LS", rrd_kd_ls_lines, pairs=MODERN_PAIRS, note="RRD (published setting) plus KD+LS",
+                     note="DKD with logit standardisation, the LS authors' CIFAR-100 run of this pair"),
+    "rrd_kd_ls": Method("RRD+KD+LS", rrd_kd_ls_lines, pairs=MODERN_PAIRS,
+                        note="RRD (published setting) plus KD+LS (the LS authors' run of this pair)",
                         uses_rrd=True, no_number=_not_published),
 }
 
@@ -437,14 +505,15 @@ def _number(method: Method, pair: Pair) -> str:
 def teacher_recipe(name: str) -> str:
     header = [
         f"Teacher {name} on CIFAR-100: plain cross-entropy, the benchmark protocol.",
-        f"Published top-1: {TEACHERS[name]:.2f} ({NUMBER_SOURCES['crd']}).",
+        f"Published top-1: {TEACHERS[name]:.2f} (the teacher row of the CRD paper tables as in the RepDistiller README;",
+        f"last-epoch accuracy; see {ref('teachers-and-students-alone')} and {ref('best-or-last-epoch')}).",
         f"  rrd-hf train-teacher recipes/cifar100/teachers/{name}.yaml",
-        "Each line's comment names the source of its value.",
+        f"Each line's comment names the source of its value; {REFERENCES} gives each source's file, line and commit.",
     ]
     lines = [
         Line("student", name, "the teacher trained here (RepDistiller model name)"),
         Line("output_dir", f"runs/cifar100/teachers/{name}", "where the method recipes look for it"),
-        Line("ce_weight", 1.0, "RepDistiller train_teacher.py: cross-entropy only"),
+        Line("ce_weight", 1.0, f"RepDistiller train_teacher.py: cross-entropy only ({ref('training-protocol')})"),
         off("kd_weight", "Hinton KD"),
         off("rrd_weight", "RRD"),
         *protocol(name, drop_last=False, teacher=True),
@@ -460,7 +529,8 @@ def method_recipe(folder: str, key: str, method: Method, pair: Pair) -> str:
         f"Published top-1: {_number(method, pair)}.",
         f"  rrd-hf train recipes/cifar100/{folder}/{name}.yaml   (train the teacher first: "
         f"rrd-hf train-teacher recipes/cifar100/teachers/{teacher}.yaml)",
-        "Every loss weight is stated; each line's comment names the source of its value.",
+        "Every loss weight is stated; each line's comment names the source of its value, and",
+        f"{REFERENCES} gives each source's file, line and commit.",
     ]
     if folder == "students":
         alone, kd = PAIRS[pair][:2]

@@ -1,7 +1,8 @@
 """The recipes: generated from one source, the benchmark's protocol and weights, and two training steps each.
 
 The expected constants below are written from the method papers' and reference configs' values (RepDistiller's
-scripts, mdistiller's DKD configs), not read from recipes/make_recipes.py, so a wrong table there fails here.
+scripts, mdistiller's DKD configs, the logit-standardisation authors' run logs; docs/references.md gives the file,
+line and commit of each), not read from recipes/make_recipes.py, so a wrong table there fails here.
 """
 
 import functools
@@ -20,6 +21,7 @@ from rrd_hf.methods import METHODS
 from rrd_hf.commands.train import main as train_main, parse_recipe
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+REFERENCES = Path(__file__).resolve().parents[1] / "docs" / "references.md"
 TEACHER_RECIPES = sorted((RECIPES / "cifar100" / "teachers").glob("*.yaml"))
 STUDENT_RECIPES = sorted((RECIPES / "cifar100" / "students").glob("*.yaml"))
 METHOD_RECIPES = sorted((RECIPES / "cifar100" / "methods").glob("*.yaml"))
@@ -56,6 +58,22 @@ BENCHMARK_WEIGHTS = {
     "crd": (1.0, 0.0, "crd", 0.8), "crd_kd": (1.0, 1.0, "crd", 0.8),
 }
 SMALL_LR_STUDENTS = {"MobileNetV2", "ShuffleV1", "ShuffleV2"}  # RepDistiller parse_option: lr 0.01
+# The logit-standardisation authors' CIFAR-100 runs behind their README's numbers, from the names of the logs it links
+# (KD_TYPE,TEACHER,STUDENT,BASE_TEMPERATURE,KD_WEIGHT[,BETA], README L83; docs/references.md#ls-runs) and
+# tools/train.py, which multiplies DKD's alpha (1) and beta by the weight. KD+LS: pair -> (T, KD weight), CE 0.1.
+LS_KD = {
+    ("resnet32x4", "resnet8x4"): (2.0, 9.0),   # logs/KD/kd,resnet32x4,resnet8x4,2,9.txt
+    ("vgg13", "vgg8"): (3.0, 9.0),             # logs/KD/kd,vgg13,vgg8,3,9.txt
+    ("wrn_40_2", "wrn_16_2"): (2.0, 9.0),      # logs/KD/kd,wrn_40_2,wrn_16_2,2,9.txt
+    ("resnet32x4", "ShuffleV2"): (2.0, 9.0),   # logs/KD/kd,resnet32x4,ShuffleV2,2,9.txt
+}
+# DKD+LS: pair -> (T, the alpha and beta the run trained with), CE 1, warm-up 20.
+LS_DKD = {
+    ("resnet32x4", "resnet8x4"): (2.0, 9.0, 72.0),   # logs/DKD/dkd,resnet32x4,resnet8x4,2,9.txt: config beta 8 (default)
+    ("vgg13", "vgg8"): (2.0, 15.0, 30.0),            # logs/DKD/dkd,vgg13,vgg8,2,15,2.0.txt
+    ("wrn_40_2", "wrn_16_2"): (2.0, 12.0, 24.0),     # logs/DKD/dkd,wrn_40_2,wrn_16_2,2,12,2.0.txt
+    ("resnet32x4", "ShuffleV2"): (2.0, 9.0, 72.0),   # logs/DKD/dkd,resnet32x4,ShuffleV2,2,9.txt: config beta 8 (default)
+}
 
 
 def dkd_beta(pair):
@@ -255,7 +273,7 @@ def test_baselines_carry_the_benchmark_weights(recipe):
 @pytest.mark.parametrize("pair", PAIRS, ids=lambda p: f"{p[0]}_{p[1]}")
 def test_dkd_recipes_carry_the_beta_of_their_pair(pair):
     """DKD alpha 1, beta per pair, T 4, warm-up 20, CE 1 (mdistiller); RRD+DKD adds RRD at weight 1; DKD+LS is
-    the LS command (weight 9 on alpha and beta, T 2) on the same beta."""
+    the LS authors' run of the pair: the alpha and beta it trained with (its weight times DKD's), T 2."""
     stem = f"{pair[0]}_{pair[1]}"
     for suffix, rrd_weight in (("dkd", 0.0), ("rrd_dkd", 1.0)):
         _, _, config = parse_recipe([str(RECIPES / "cifar100" / "methods" / f"{stem}_{suffix}.yaml")])
@@ -263,21 +281,122 @@ def test_dkd_recipes_carry_the_beta_of_their_pair(pair):
         assert (config.distill_method, config.distill_weight) == ("dkd", 1.0)
         assert config.distill_kwargs == {"alpha": 1.0, "beta": dkd_beta(pair), "temperature": 4.0, "warmup_epochs": 20}
     ls = RECIPES / "cifar100" / "methods" / f"{stem}_dkd_ls.yaml"
+    assert ls.exists() == (pair in LS_DKD)
     if ls.exists():
         _, _, config = parse_recipe([str(ls)])
+        temperature, alpha, beta = LS_DKD[pair]
         assert (config.ce_weight, config.kd_weight, config.rrd_weight) == (1.0, 0.0, 0.0)
-        assert (config.distill_method, config.distill_weight) == ("dkd_ls", 9.0)
-        assert config.distill_kwargs == {"alpha": 1.0, "beta": dkd_beta(pair), "temperature": 2.0, "warmup_epochs": 20}
+        assert config.distill_method == "dkd_ls"
+        kwargs = config.distill_kwargs
+        # rrd_hf's distill_weight multiplies alpha*TCKD + beta*NCKD: the products are what the run trained with.
+        assert config.distill_weight * kwargs["alpha"] == pytest.approx(alpha)
+        assert config.distill_weight * kwargs["beta"] == pytest.approx(beta)
+        assert (kwargs["temperature"], kwargs["warmup_epochs"]) == (temperature, 20)
 
 
 @pytest.mark.parametrize("recipe", [p for p in METHOD_RECIPES if _suffix(p.stem) in ("kd_ls", "rrd_kd_ls")],
                          ids=lambda p: p.stem)
 def test_kd_ls_recipes(recipe):
-    """KD+LS: the LS authors' command on mdistiller's KD (CE 0.1, KD weight 9, T 2); RRD+KD+LS adds RRD at 1."""
+    """KD+LS: the LS authors' run of the pair on mdistiller's KD (CE 0.1, KD weight 9, T of the run: 3 for
+    vgg13 -> vgg8, 2 otherwise); RRD+KD+LS adds RRD at 1 to the same setting."""
     _, _, config = parse_recipe([str(recipe)])
+    pair = next(p for p in LS_KD if recipe.stem.startswith(f"{p[0]}_{p[1]}_"))
+    temperature, weight = LS_KD[pair]
     assert (config.ce_weight, config.kd_weight) == (0.1, 0.0)
     assert config.rrd_weight == (1.0 if recipe.stem.endswith("rrd_kd_ls") else 0.0)
-    assert (config.distill_method, config.distill_weight, config.distill_kwargs) == ("kd_ls", 9.0, {"temperature": 2.0})
+    assert (config.distill_method, config.distill_weight) == ("kd_ls", weight)
+    assert config.distill_kwargs == {"temperature": temperature}
+
+
+def test_corrected_logit_standardisation_settings():
+    """The values the LS authors' logs show, where the recipes once had the README's example command (weight 9 on
+    the mdistiller beta, T 2): DKD+LS vgg13 -> vgg8 alpha 15, beta 30 and wrn_40_2 -> wrn_16_2 alpha 12, beta 24, at
+    T 2; KD+LS (and RRD+KD+LS) vgg13 -> vgg8 at T 3. Read from the YAML files themselves."""
+    methods = RECIPES / "cifar100" / "methods"
+    for stem, (alpha, beta) in {"vgg13_vgg8_dkd_ls": (15.0, 30.0), "wrn_40_2_wrn_16_2_dkd_ls": (12.0, 24.0)}.items():
+        raw = _raw(methods / f"{stem}.yaml")
+        kwargs = raw["distill_kwargs"]
+        assert raw["distill_method"] == "dkd_ls" and raw["ce_weight"] == 1.0, stem
+        assert (raw["distill_weight"] * kwargs["alpha"], raw["distill_weight"] * kwargs["beta"]) == (alpha, beta), stem
+        assert kwargs["temperature"] == 2.0, stem
+    for stem in ("vgg13_vgg8_kd_ls", "vgg13_vgg8_rrd_kd_ls"):
+        raw = _raw(methods / f"{stem}.yaml")
+        assert raw["distill_method"] == "kd_ls" and raw["distill_kwargs"] == {"temperature": 3.0}, stem
+        assert (raw["ce_weight"], raw["distill_weight"]) == (0.1, 9.0), stem
+    assert not list(methods.glob("*_rrd_dkd_ls.yaml"))  # no recipe copies the DKD+LS setting
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Sources: every citation points at docs/references.md, at an entry that exists
+# --------------------------------------------------------------------------------------------------------------
+
+CITATION = re.compile(r"docs/references\.md#([A-Za-z0-9_-]+)")
+
+
+def _anchors(markdown: str) -> set[str]:
+    """The anchors of a Markdown page's headings, as GitHub makes them (lower case, punctuation other than `-` and
+    `_` dropped, spaces to `-`), plus explicit `<a id="...">` / `<a name="...">` anchors. Code blocks are skipped."""
+    anchors, in_code = set(), False
+    for line in markdown.splitlines():
+        if line.startswith("```"):
+            in_code = not in_code
+        elif not in_code and (heading := re.match(r"#{1,6}\s+(.*?)\s*#*\s*$", line)):
+            text = re.sub(r"`|\*|\[|\]\([^)]*\)", "", heading.group(1)).strip().lower()
+            anchors.add(re.sub(r"[^\w\- ]", "", text).replace(" ", "-"))
+    return anchors | set(re.findall(r"<a\s+(?:id|name)=\"([^\"]+)\"", markdown))
+
+
+def _citing_files() -> list[Path]:
+    return [*ALL_RECIPES, RECIPES / "README.md", RECIPES / "make_recipes.py"]
+
+
+def test_every_cited_reference_exists():
+    """Each `docs/references.md#anchor` in the recipes, their README and their generator is a heading of the page,
+    and so is each `#anchor` link inside the page."""
+    page = REFERENCES.read_text()
+    anchors = _anchors(page)
+    assert {"dkd-beta", "ls-runs", "best-or-last-epoch", "values-not-located"} <= anchors
+    cited: dict[str, set[str]] = {}
+    for path in _citing_files():
+        for anchor in CITATION.findall(path.read_text()):
+            cited.setdefault(anchor, set()).add(path.name)
+    assert cited, "no recipe cites docs/references.md"
+    missing = {anchor: sorted(files)[:3] for anchor, files in cited.items() if anchor not in anchors}
+    assert not missing, f"cited anchors that docs/references.md does not have: {missing}"
+    internal = set(re.findall(r"\]\(#([A-Za-z0-9_-]+)\)", page))
+    assert internal <= anchors, sorted(internal - anchors)
+
+
+def test_anchor_function_matches_github_slugs():
+    assert _anchors("## DKD beta\n### Best or last epoch\n## CRD with KD numbers\n```\n# not a heading\n```\n") == {
+        "dkd-beta", "best-or-last-epoch", "crd-with-kd-numbers"}
+    assert _anchors("### `rrd_hf` choices\n") == {"rrd_hf-choices"}
+
+
+@pytest.mark.parametrize("recipe", ALL_RECIPES, ids=lambda p: p.stem)
+def test_recipe_cites_the_references_page(recipe):
+    """Every recipe names its sources through docs/references.md (its protocol lines at least)."""
+    assert CITATION.search(recipe.read_text()), recipe
+
+
+def test_no_citation_of_a_missing_source():
+    """No file under recipes/, nor the references page, cites a page that is not in the repository, marks a value as
+    written from memory, or points outside the repository."""
+    banned = re.compile(r"rrd-paper|anchors\.md|recalled|\.\./shared")
+    files = [p for p in RECIPES.rglob("*") if p.is_file() and p.suffix in {".yaml", ".md", ".py"}] + [REFERENCES]
+    found = {p.relative_to(RECIPES.parent).as_posix(): m.group(0) for p in files if (m := banned.search(p.read_text()))}
+    assert not found, found
+
+
+def test_readme_says_which_published_numbers_are_best_or_last_epoch():
+    """RepDistiller's tables (and, by their code, the RRD authors') are last-epoch accuracies; DKD's and LS's are
+    best-epoch ones (docs/references.md#best-or-last-epoch). The README's footnotes say which."""
+    readme = (RECIPES / "README.md").read_text()
+    notes = {line[:3]: line for line in readme.splitlines() if re.match(r"\[[1-4]\] ", line)}
+    assert sorted(notes) == ["[1]", "[2]", "[3]", "[4]"]
+    assert "last-epoch" in notes["[1]"] and "last-epoch" in notes["[2]"]
+    assert "best epoch" in notes["[3]"] and "best epoch" in notes["[4]"]
+    assert "report the best test epoch" not in readme
 
 
 def test_readme_has_one_row_per_recipe_and_claims_no_run():

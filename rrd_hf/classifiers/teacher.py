@@ -75,9 +75,6 @@ class FrozenTeacher:
             output = self.model(pixel_values=self.adapter(pixel_values), **self.reader.forward_kwargs)
         return self.reader.read(output)
 
-    def logits(self, pixel_values: torch.Tensor, autocast: Callable = contextlib.nullcontext) -> torch.Tensor:
-        return self(pixel_values, autocast).logits
-
     def fold_batch_norms(self, example: torch.Tensor, autocast: Callable = contextlib.nullcontext) -> int:
         """Run the teacher with its eval-mode BatchNorms folded into the convolutions before them (opt-in:
         `fold_teacher_batch_norm`); `example` is a batch as the training steps hand it over. Returns how many were

@@ -2,7 +2,7 @@
 
     rrd-hf probe runs/wrn_16_2_rrd --dataset stl10 --data-dir ../data/stl10 --output runs/wrn_16_2_rrd/probe_stl10.json
 
-Protocol (the authors' `transfer_student.py` at HEAD, rrd-paper.md §4): the classifier is replaced by
+Protocol (the RRD authors' `transfer_student.py`, giakoumoglou/distillers, see docs/references.md): the classifier is replaced by
 `nn.Linear(feature_dim, n_cls)` with weights N(0, 0.01) and bias 0, everything else is frozen; images are resized
 to 32×32; training augmentation Resize(32) → RandomCrop(32, padding 4) → horizontal flip, per-dataset
 normalisation; SGD lr 0.05 (0.01 for MobileNetV2/ShuffleV1/ShuffleV2), momentum 0.9, weight decay 5e-4, batch 64,

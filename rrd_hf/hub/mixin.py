@@ -60,8 +60,13 @@ class HubMixin:
 
         return transformers.trainer.hf_api()
 
-    def _rrd_teacher_name(self) -> str | None:
+    def _rrd_teacher_module(self):
+        """The teacher model (`RRDTrainer.teacher` is a `FrozenTeacher` holding it as `.model`), or None."""
         teacher = getattr(self, "teacher", None)
+        return getattr(teacher, "model", teacher)
+
+    def _rrd_teacher_name(self) -> str | None:
+        teacher = self._rrd_teacher_module()
         name = getattr(teacher, "name_or_path", None) or getattr(getattr(teacher, "config", None), "_name_or_path", None)
         return name or getattr(self.args, "teacher_model_name_or_path", None)
 
@@ -73,7 +78,7 @@ class HubMixin:
             "world_size": world_size,
             "teacher": self._rrd_teacher_name(),
             "teacher_local": bool(self._rrd_teacher_name()) and os.path.isdir(self._rrd_teacher_name()),
-            "teacher_architecture": architecture_of(getattr(self, "teacher", None)),
+            "teacher_architecture": architecture_of(self._rrd_teacher_module()),
             # "" = built from a config (random init); a path/id = the weights it started from
             "student_init": getattr(self.model, "name_or_path", None),
             "dataset": dataset or known_dataset_name(self.train_dataset),

@@ -27,6 +27,7 @@ from .config import RRDConfig
 from ..data import dataset_stats, set_epoch
 from ..classifiers.activations import ActivationReader
 from ..classifiers.inputs import ImageStats, image_stats_from_processor, merge_stats
+from ..classifiers.labels import check_same_labels
 from ..classifiers.loading import load_image_classifier
 from ..classifiers.teacher import FrozenTeacher
 from .guard import FiniteGuard
@@ -116,8 +117,10 @@ class RRDTrainer(HubMixin, Trainer):
                 "folder or a Hub id) or set teacher_model_name_or_path in the config."
             )
         if args.needs_teacher:  # loaded and label-checked before Trainer's set-up, which may take a while
-            teacher_model = load_image_classifier(teacher_model, role="teacher", **(teacher_model_init_kwargs or {})) \
-                if isinstance(teacher_model, (str, os.PathLike)) else teacher_model
+            if isinstance(teacher_model, (str, os.PathLike)):
+                teacher_model = load_image_classifier(teacher_model, role="teacher", **(teacher_model_init_kwargs or {}))
+            if isinstance(teacher_model, nn.Module):
+                check_same_labels(model, teacher_model)
 
         # Trainer's construction applies `full_determinism`'s process-wide settings: they are applied again for
         # the duration of `train()` only, and the process is left as it was found.

@@ -502,6 +502,79 @@ def test_unknown_custom_code_runs_only_with_the_users_flag(tmp_path, capsys):
                                               "modeling_toy.py", "README.md"}
 
 
+@pytest.mark.parametrize("module", ["sub/../../../../{outside}/sitecustomize", "{outside_abs}/sitecustomize",
+                                    "..", "sub/modeling_x", "org/repo--modeling_x"])
+def test_a_crafted_auto_map_writes_nothing_outside_the_export(run_dir, tmp_path, module):
+    """An auto_map entry that is not a bare module name (with a symlinked sub-folder, `..`, an absolute path, another
+    repository) is refused before anything is copied; nothing appears outside the export folder."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "sitecustomize.py").write_text("print('planted')\n")
+    crafted = tmp_path / "crafted"
+    shutil.copytree(run_dir, crafted)
+    os.symlink(outside, crafted / "sub")
+    config = json.loads((crafted / "config.json").read_text())
+    name = module.format(outside=os.path.relpath(outside, crafted), outside_abs=str(outside).lstrip("/"))
+    config["auto_map"]["AutoConfig"] = f"{name}.Evil"
+    (crafted / "config.json").write_text(json.dumps(config))
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    before = snapshot(tmp_path / "victim"), sorted(p.name for p in outside.iterdir())
+    with pytest.raises(ExportError, match="auto_map"):
+        export_student(crafted, tmp_path / "export")
+    with pytest.raises(ExportError, match="auto_map"):
+        push_to_hub(crafted, "me/resnet8-rrd", api=FakeApi(tmp_path))
+    assert not (tmp_path / "export").exists() or not os.listdir(tmp_path / "export")
+    assert (snapshot(tmp_path / "victim"), sorted(p.name for p in outside.iterdir())) == before
+
+
+@pytest.mark.parametrize("link", ["figures/correlation_difference.png", "model.safetensors", "_cifar_common.py"])
+def test_a_symlinked_file_is_never_followed_into_the_export(run_dir, tmp_path, link):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("the user's secret\n")
+    crafted = tmp_path / "crafted"
+    shutil.copytree(run_dir, crafted)
+    os.remove(crafted / link)
+    os.symlink(secret, crafted / link)
+    api = FakeApi(tmp_path)
+    with pytest.raises(ExportError, match="link"):
+        push_to_hub(crafted, "me/resnet8-rrd", api=api)
+    with pytest.raises(ExportError, match="link"):
+        export_student(crafted, tmp_path / "export")
+    assert api.calls == []
+    exported = [p for p in (tmp_path / "export").rglob("*") if p.is_file()] if (tmp_path / "export").exists() else []
+    assert not any("secret" in p.read_text(errors="ignore") for p in exported)
+
+
+def test_rrd_hf_architectures_export_rrd_hfs_own_code_not_the_folders(run_dir, tmp_path, caplog):
+    import rrd_hf.models
+
+    crafted = tmp_path / "crafted"
+    shutil.copytree(run_dir, crafted)
+    with open(crafted / "modeling_cifar_resnet.py", "a", encoding="utf-8") as handle:
+        handle.write("\nimport os  # tampered\n")
+    with caplog.at_level(logging.WARNING, logger="rrd_hf"):
+        export_student(crafted, tmp_path / "export")
+    ours = pathlib.Path(rrd_hf.models.__file__).parent
+    for name in ("modeling_cifar_resnet.py", "configuration_cifar_resnet.py", "_cifar_common.py"):
+        assert (tmp_path / "export" / name).read_bytes() == (ours / name).read_bytes()
+    assert "modeling_cifar_resnet.py differs from rrd_hf's own copy" in caplog.text
+
+
+def test_loading_a_folder_with_unknown_code_never_prompts_and_says_how_to_trust_it(tmp_path):
+    """`evaluate`, `probe`, `plots` and a teacher path all load through `load_image_classifier`: in a terminal,
+    transformers would ask whether to run the folder's code; rrd_hf refuses instead, with the way to consent."""
+    from rrd_hf.classifiers.loading import load_image_classifier
+
+    marker = tmp_path / "imported"
+    folder = write_custom_code_model(tmp_path / "toy", marker)
+    with pytest.raises(OSError, match="runs a folder's code only when you say so.*trust_remote_code=True"):
+        load_image_classifier(folder, role="teacher")
+    assert not marker.exists()
+    assert load_image_classifier(folder, role="teacher", trust_remote_code=True).config.num_labels == 2
+    assert marker.exists()
+
+
 def test_templates_ship_with_the_package_and_every_subpackage_is_listed():
     for kind in ("student", "teacher"):
         assert pathlib.Path(template_path(kind)).is_file()

@@ -14,6 +14,8 @@ from pathlib import Path
 from .errors import ExportError
 
 RELATIVE_IMPORT_RE = re.compile(r"^\s*from\s+\.(\w*)\s+import\s+([\w\s,()]+)", re.MULTILINE)
+#: A module `auto_map` may name: a bare Python identifier, i.e. a `.py` file directly in the folder.
+MODULE_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def rrd_hf_model_types() -> set[str]:
@@ -50,20 +52,34 @@ def check_code_trust(folder: str, config: dict, trust_remote_code: bool) -> None
 
 
 def module_closure(folder: str, config: dict) -> list[str]:
-    """The .py files `config.auto_map` names, plus every sibling they import relatively (recursively)."""
+    """The .py files `config.auto_map` names, plus every sibling they import relatively (recursively).
+
+    Only bare module names are accepted (a file directly in the folder, never a path with separators or `..`),
+    and only regular files that are not links: a crafted `auto_map` can make the export neither read nor write
+    anything outside the folder."""
     auto_map = config.get("auto_map") or {}
     pending = []
     for reference in auto_map.values():
         for item in reference if isinstance(reference, (list, tuple)) else [reference]:
-            if isinstance(item, str) and "." in item:
-                pending.append(item.split("--")[-1].rsplit(".", 1)[0])
+            if not isinstance(item, str) or not item:
+                continue
+            if "--" in item:
+                raise ExportError(f"{folder}: config.json's auto_map entry {item!r} points to code in another "
+                                  "repository; only code saved in the folder itself can be exported.")
+            if "." in item:
+                pending.append(item.rsplit(".", 1)[0])
     seen: list[str] = []
     while pending:
         module = pending.pop()
+        if not MODULE_NAME_RE.match(module):
+            raise ExportError(f"{folder}: config.json's auto_map names the module {module!r}, which is not a bare "
+                              "module name (a .py file directly in the folder): refusing to export it.")
         filename = f"{module}.py"
         if filename in seen:
             continue
         path = os.path.join(folder, filename)
+        if os.path.islink(path):
+            raise ExportError(f"{folder}: {filename} is a symbolic link; only regular files of the folder are exported.")
         if not os.path.isfile(path):
             raise ExportError(
                 f"{folder}: config.json's auto_map needs {filename}, which is missing. Re-save the model with "

@@ -21,7 +21,7 @@ import re
 import shutil
 
 from .card import build_model_card
-from .custom_code import check_code_trust, module_closure, requires_remote_code
+from .custom_code import check_code_trust, module_closure, requires_remote_code, rrd_hf_model_types
 from .errors import ExportError
 from ..runs.record import figures, read_json
 
@@ -85,6 +85,34 @@ def card_from(card, folder: str, card_kwargs: dict):
     return ModelCard(str(card))
 
 
+def _inside(folder: str, relative: str) -> str:
+    """The path of `relative` in `folder`, refused unless it is a regular file that resolves inside the folder
+    (no absolute path, no `..`, no symbolic link to elsewhere)."""
+    if os.path.isabs(relative) or ".." in relative.replace("\\", "/").split("/"):
+        raise ExportError(f"{folder}: refusing to export {relative!r}: not a plain path inside the folder.")
+    path = os.path.join(folder, relative)
+    real, root = os.path.realpath(path), os.path.realpath(folder)
+    if os.path.commonpath([real, root]) != root or not os.path.isfile(real) or os.path.islink(path):
+        raise ExportError(f"{folder}: refusing to export {relative}: it is a link or resolves outside the folder "
+                          "(only the folder's own regular files are published). Replace it by a copy of the file.")
+    return path
+
+
+def _code_source(relative: str, config: dict) -> str | None:
+    """rrd_hf's own copy of a model-code file for rrd_hf's architectures (the folder's copy may have been edited):
+    None for other architectures, whose code is the folder's."""
+    if config.get("model_type") not in rrd_hf_model_types():
+        return None
+    import rrd_hf.models
+
+    own = os.path.join(os.path.dirname(rrd_hf.models.__file__), relative)
+    if not os.path.isfile(own):
+        raise ExportError(f"config.json names the rrd_hf architecture {config.get('model_type')!r}, but its auto_map "
+                          f"asks for {relative}, which is not one of rrd_hf's model files: re-save the model with "
+                          "rrd_hf's save_pretrained.")
+    return own
+
+
 def export_student(checkpoint_dir: str | os.PathLike, export_dir: str | os.PathLike, *, card=None,
                    trust_remote_code: bool = False, **card_kwargs) -> list[str]:
     """Copy the clean, publishable files of `checkpoint_dir` into the empty (or new) `export_dir`, write the card,
@@ -104,7 +132,8 @@ def export_student(checkpoint_dir: str | os.PathLike, export_dir: str | os.PathL
     if config is None:
         raise ExportError(f"{folder} has no readable config.json: pass a folder written by save_pretrained / save_model.")
     check_code_trust(folder, config, trust_remote_code)
-    files = ["config.json", *weight_files(folder), *module_closure(folder, config)]
+    code = module_closure(folder, config)
+    files = ["config.json", *weight_files(folder), *code]
     if os.path.isfile(os.path.join(folder, "preprocessor_config.json")):
         files.append("preprocessor_config.json")
     else:
@@ -112,10 +141,18 @@ def export_student(checkpoint_dir: str | os.PathLike, export_dir: str | os.PathL
     files += [figure["path"] for figure in figures(folder)]
     rendered = card_from(card, folder, card_kwargs)
     os.makedirs(stage, exist_ok=True)
-    for relative in files:
+    sources = {relative: _inside(folder, relative) for relative in files}  # every file checked before any copy
+    for relative in code:
+        own = _code_source(relative, config)
+        if own is not None:
+            with open(sources[relative], "rb") as theirs, open(own, "rb") as ours:
+                if theirs.read() != ours.read():
+                    logger.warning("%s differs from rrd_hf's own copy: rrd_hf's is exported.", sources[relative])
+            sources[relative] = own
+    for relative, source in sources.items():
         target = os.path.join(stage, relative)
         os.makedirs(os.path.dirname(target), exist_ok=True)
-        shutil.copy2(os.path.join(folder, relative), target)
+        shutil.copyfile(source, target)
     rendered.save(os.path.join(stage, "README.md"))
     files.append("README.md")
     validate_stage(stage, config, trust_remote_code)

@@ -24,6 +24,7 @@ from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassi
 import rrd_hf.models as zoo
 from rrd_hf.data import CIFAR100_MEAN, CIFAR100_STD, cifar_image_processor, save_pretrained_with_processor
 from rrd_hf.models import FEATURE_DIMS, MODEL_NAMES, build_model, convert_repdistiller_state_dict, get_config
+from _models_helpers import FAMILY_REPS
 from rrd_hf.models._cifar_common import channel_shuffle
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -77,17 +78,6 @@ HIDDEN_SHAPES = {
     "ShuffleV2": [(24, 32, 32), (116, 16, 16), (232, 8, 8), (464, 4, 4), (1024,)],
 }
 
-# One checkpoint per family for the save/load tests. ResNet50 is shrunk to one block per stage: the same code
-# and 2048-d features, at a fraction of the I/O.
-FAMILY_REPS = {
-    "resnet8": {},
-    "wrn_16_2": {},
-    "vgg8": {},
-    "ResNet50": {"num_blocks": [1, 1, 1, 1]},
-    "MobileNetV2": {},
-    "ShuffleV1": {},
-    "ShuffleV2": {},
-}
 NUM_LABELS = 10
 ID2LABEL = {i: f"cifar_class_{i}" for i in range(NUM_LABELS)}
 

@@ -16,22 +16,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from _models_helpers import FAMILY_REPS
 from rrd_hf.models import MODEL_NAMES, build_model
 
 NUM_LABELS = 10
 # Activation modules a gradient tool would hook. Families that apply ReLU functionally have none; their BatchNorm
 # hooks sit right before those ReLUs.
 ACTIVATIONS = (nn.ReLU, nn.ReLU6)
-# One checkpoint per family for the remote-code test; ResNet50 shrunk to one block per stage (same code).
-FAMILY_REPS = {
-    "resnet8": {},
-    "wrn_16_2": {},
-    "vgg8": {},
-    "ResNet50": {"num_blocks": [1, 1, 1, 1]},
-    "MobileNetV2": {},
-    "ShuffleV1": {},
-    "ShuffleV2": {},
-}
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from .registry import method_class
 from .rrd import RRD_OPTION_FIELDS, RRD_PRESETS
 
-__all__ = ["LossTerm", "resolve_loss_terms", "describe_objective", "OBJECTIVE_FIELDS", "SHORTHAND_FIELDS"]
+__all__ = ["LossTerm", "resolve_loss_terms", "describe_objective", "json_field", "OBJECTIVE_FIELDS", "SHORTHAND_FIELDS"]
 
 #: The shorthand fields of the objective (each conflicts with `distill_terms`).
 SHORTHAND_FIELDS = ("rrd_weight", "kd_weight", "distill_method", "distill_weight", "distill_kwargs")
@@ -37,7 +37,8 @@ class LossTerm:
         return {"name": self.name, "method": self.method, "weight": self.weight, "kwargs": dict(self.kwargs)}
 
 
-def _json_value(value, what: str):
+def json_field(value, what: str):
+    """A field given as JSON text (on the command line) or as the value itself; '' means unset."""
     if isinstance(value, str):
         try:
             return json.loads(value) if value.strip() else None
@@ -62,7 +63,7 @@ def _defaults_for(method: str, fields: Mapping) -> dict:
 
 
 def _explicit_terms(fields: Mapping, raw) -> list[LossTerm]:
-    raw = _json_value(raw, "distill_terms")
+    raw = json_field(raw, "distill_terms")
     if isinstance(raw, Mapping):
         raw = [raw]
     if not isinstance(raw, (list, tuple)) or not raw:
@@ -78,7 +79,7 @@ def _explicit_terms(fields: Mapping, raw) -> list[LossTerm]:
             raise ValueError(f"distill_terms entry {dict(item)!r} has unknown keys {sorted(unknown)}: use method, "
                              "weight, kwargs and name.")
         cls = method_class(item["method"])
-        kwargs = {**_defaults_for(cls.name, fields), **dict(_json_value(item.get("kwargs"), "kwargs") or {})}
+        kwargs = {**_defaults_for(cls.name, fields), **dict(json_field(item.get("kwargs"), "kwargs") or {})}
         weight = item.get("weight")
         terms.append(LossTerm(str(item.get("name") or cls.name), cls.name,
                               float(cls.default_weight if weight is None else weight), kwargs))
@@ -96,7 +97,7 @@ def _shorthand_terms(fields: Mapping) -> list[LossTerm]:
         terms.append(LossTerm("kd", "kd", kd_weight, _defaults_for("kd", fields)))
     if rrd_weight:
         terms.append(LossTerm("rrd", "rrd", rrd_weight, _rrd_options(fields)))
-    kwargs = dict(_json_value(fields.get("distill_kwargs"), "distill_kwargs") or {})
+    kwargs = dict(json_field(fields.get("distill_kwargs"), "distill_kwargs") or {})
     if method:
         cls = method_class(method)
         weight = fields.get("distill_weight")

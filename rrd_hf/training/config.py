@@ -8,7 +8,6 @@ once, in `__post_init__`, by `rrd_hf.methods.objective.resolve_loss_terms`.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import typing
@@ -19,19 +18,10 @@ from transformers import TrainingArguments
 
 from ..methods import RRD_PRESETS, check_method_kwargs, method_class
 from ..methods.memory import MEMORY_TYPES
-from ..methods.objective import LossTerm, describe_objective, resolve_loss_terms
+from ..methods.objective import LossTerm, describe_objective, json_field, resolve_loss_terms
 from ..methods.rrd import ENQUEUE_ORDERS
 
 __all__ = ["RRDConfig"]
-
-
-def _json_value(value, what: str):
-    if isinstance(value, str):
-        try:
-            return json.loads(value) if value.strip() else None
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{what} must be JSON, got {value!r}: {error}") from None
-    return value
 
 
 def _accepts_float(annotation: typing.Any) -> bool:
@@ -204,9 +194,9 @@ class RRDConfig(TrainingArguments):
         self._coerce_floats()
         self._apply_preset()
         if isinstance(self.distill_kwargs, str):
-            self.distill_kwargs = _json_value(self.distill_kwargs, "distill_kwargs")
+            self.distill_kwargs = json_field(self.distill_kwargs, "distill_kwargs")
         if isinstance(self.distill_terms, str):
-            self.distill_terms = _json_value(self.distill_terms, "distill_terms")
+            self.distill_terms = json_field(self.distill_terms, "distill_terms")
         self._check_finite_numbers()
         self._validate_objective()
         self._validate_schedule_and_inputs()

@@ -441,6 +441,10 @@ def test_demo_table_says_epoch_in_the_singular_and_shows_each_runs_real_time():
     timings = dict(zip(names, (0.42, 3.0, 12.34, 99.96, 250.4)))
     table = format_table(settings, results, timings, 17.6, num_train=256, num_eval=128)
     assert "Teacher resnet20 (1 epoch); student resnet8, 1 epoch per run;" in table and "epochs" not in table
+    assert table.startswith("Fashion-MNIST: 256 training images, 128 test images. ")  # sizes of the splits unknown
+    subset = format_table(settings, results, timings, 17.6, num_train=256, num_eval=10000, train_total=60000,
+                          eval_total=10000)
+    assert subset.startswith("Fashion-MNIST: 256 of the 60,000 training images, 10,000 test images (seeded subsets).")
     rows = [line for line in table.splitlines() if line.startswith("| ") and "model" not in line]
     assert [row.split("|")[4].strip() for row in rows] == ["0.4", "3.0", "12.3", "100", "250"]
     assert rows[0] == "| teacher            |   50.00 |   90.00 |    0.4 |"
@@ -464,10 +468,18 @@ def test_demo_runs_end_to_end_on_a_small_budget(tmp_path, capsys):
     rows = ("teacher", "student alone", "student + KD", "student + RRD", "student + RRD + KD")
     for row in rows:
         assert f"| {row} " in out
-    assert "256 training images, 128 test images" in out and "resnet8, 1 epoch per run" in out
+    # a subset is called one: in the table, the summary and the card of every model
+    assert "256 of the 60,000 training images, 128 of the 10,000 test images (seeded subsets)" in out
+    assert "resnet8, 1 epoch per run" in out
     assert "Seed 3, one seed." in out and "One seed (3)" in out
     summary = json.loads((tmp_path / "demo_results.json").read_text())
     assert tuple(summary["results"]) == rows and summary["settings"]["seed"] == 3
+    assert summary["evaluated_on"] == "128 of the 10,000 test images"
+    from rrd_hf.hub.card import build_model_card
+
+    card = str(build_model_card(tmp_path / "student-RRD-KD"))
+    assert "- Training images: 256 of the 60,000 images of the `train` split of Fashion-MNIST (a subset" in card
+    assert "on 128 of the 10,000 images of the `test` split of Fashion-MNIST (a subset" in card
     student = AutoModelForImageClassification.from_pretrained(tmp_path / "student-RRD-KD")
     assert student.config.id2label[0] == "T-shirt/top"
     assert (tmp_path / "student-RRD-KD" / "preprocessor_config.json").is_file()

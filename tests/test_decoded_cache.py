@@ -2,7 +2,8 @@
 
 Specified here: a split loaded by `datasets` from files is decoded once and read back by later loads with bitwise the
 same images, labels and sample ids; changed data files, another selection or another size are decoded again; a
-damaged, foreign or crafted cache file is decoded again and replaced, with a warning; a file of the user's is never
+damaged (bit rot included), foreign or crafted cache file is decoded again and replaced, with a warning; cache files
+get the umask's mode; a file of the user's is never
 overwritten; nothing is kept for in-memory or `save_to_disk` datasets nor with `datasets` caching off; a folder that
 cannot be written costs only the saving.
 """
@@ -139,10 +140,21 @@ def _crafted(path, dataset, kind):
         save_file({"images": good["images"].float()}, str(path), metadata=metadata)
     elif kind == "extra tensor":
         save_file({"images": good["images"], "labels": torch.zeros(3)}, str(path), metadata=metadata)
+    elif kind == "bit rot":  # a few flipped bytes in the pixel data, the header intact
+        data = bytearray(path.read_bytes())
+        for offset in (-1, -777, -3001):
+            data[offset] ^= 0x5A
+        path.write_bytes(bytes(data))
+    elif kind == "copied metadata":  # another file's metadata (its digest too) on other pixels
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as handle:
+            copied = handle.metadata()
+        save_file({"images": 255 - good["images"]}, str(path), metadata=copied)
 
 
 @pytest.mark.parametrize("kind", ["truncated", "not safetensors", "other data", "other version", "wrong shape",
-                                  "wrong dtype", "extra tensor"])
+                                  "wrong dtype", "extra tensor", "bit rot", "copied metadata"])
 def test_a_damaged_or_crafted_cache_file_is_decoded_again_and_replaced(tmp_path, caplog, kind):
     root = write_hub_layout(tmp_path / "cifar10")
     dataset = train_split(root)
@@ -154,6 +166,37 @@ def test_a_damaged_or_crafted_cache_file_is_decoded_again_and_replaced(tmp_path,
     assert "decoding again" in caplog.text, caplog.text
     assert torch.equal(loaded.images, fresh_decode(dataset)[0])
     assert torch.equal(read_decoded(path, dataset, 32), loaded.images)  # rewritten whole
+
+
+def test_the_command_line_decodes_a_damaged_cache_again(tmp_path, caplog):
+    """What `rrd-hf train` reads (`_load_splits`): a cache file whose pixels rotted after it was written is not
+    trained on; the split is decoded again, with a warning, and the file rewritten."""
+    root = write_hub_layout(tmp_path / "cifar10")
+    args = dict(dataset=str(root), data_pipeline="in_memory")
+    train = _load_splits(DataArguments(**args), 0)[0]
+    path = decoded_cache_path(train_split(root), 32)
+    data = bytearray(path.read_bytes())
+    data[-100] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with caplog.at_level(logging.WARNING):
+        again = _load_splits(DataArguments(**args), 0)[0]
+    assert "do not match the digest" in caplog.text
+    assert torch.equal(again.images, train.images)
+    assert torch.equal(read_decoded(path, train_split(root), 32), train.images)
+
+
+def test_cache_files_get_the_umasks_mode(tmp_path):
+    """A shared `datasets` cache: the decoded file is as readable to the other users as the cache files beside it."""
+    dataset = train_split(write_hub_layout(tmp_path / "cifar10"))
+    old = os.umask(0o022)
+    try:
+        InMemoryImageDataset.from_dataset(dataset, 32, cache_file="auto")
+        assert os.stat(decoded_cache_path(dataset, 32)).st_mode & 0o777 == 0o644
+        os.umask(0o077)
+        InMemoryImageDataset.from_dataset(dataset, 16, cache_file="auto")
+        assert os.stat(decoded_cache_path(dataset, 16)).st_mode & 0o777 == 0o600
+    finally:
+        os.umask(old)
 
 
 def test_an_explicit_cache_file_of_the_users_is_never_overwritten(tmp_path):

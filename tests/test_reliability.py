@@ -305,7 +305,8 @@ def test_resuming_with_another_objective_is_refused_with_what_changed(tmp_path):
                           train_dataset=TinyImageDataset(16, with_index=True))
 
     make().train()
-    with pytest.raises(ValueError, match="(?s)does not match this run's objective .*rrd.memory.keys.* Resume with the settings"):
+    with pytest.raises(ValueError, match="was trained with other settings: memory_size 16 -> 32. .*Resume with the "
+                                         "checkpoint's settings.*memory_size cannot change on resume"):
         make(memory_size=32).train(resume_from_checkpoint="latest")
 
 

@@ -17,9 +17,11 @@ import difflib
 import inspect
 import json
 import logging
+import math
 import os
 import re
 import sys
+import tempfile
 from collections.abc import Callable
 
 from .process import run_command
@@ -28,15 +30,36 @@ __all__ = ["main", "entry", "COMMANDS", "DEBUG_ENV"]
 
 DEBUG_ENV = "RRD_HF_DEBUG"
 #: Errors that come from what the user asked for (arguments, files, data, missing extras): one message, no traceback.
-#: A run stopped by its NaN/inf check is one of them: the message says what went non-finite and what to do.
-USER_ERRORS = (ValueError, OSError, ImportError, FloatingPointError)
+#: A run stopped by its NaN/inf check is one of them: the message says what went non-finite and what to do. So is a
+#: push the Hub refused or could not receive (offline, no token, `rrd_hf.hub.HubPublishError`): the message says
+#: what to do and that nothing was changed. `USER_ERRORS` (below) includes it; importing `rrd_hf.hub` costs seconds
+#: (transformers), which `rrd-hf --help` should not pay, so it is looked up only where such an error can exist.
+_BASIC_USER_ERRORS = (ValueError, OSError, ImportError, FloatingPointError)
+
+
+def __getattr__(name: str):
+    if name == "USER_ERRORS":
+        from ..hub.errors import HubPublishError
+
+        return (*_BASIC_USER_ERRORS, HubPublishError)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _is_user_error(error: BaseException) -> bool:
+    """Whether `error` is one of `USER_ERRORS`; a HubPublishError can only have been raised once its module was
+    imported, so the module is not imported to find out."""
+    if isinstance(error, _BASIC_USER_ERRORS):
+        return True
+    hub_errors = sys.modules.get("rrd_hf.hub.errors")
+    return hub_errors is not None and isinstance(error, hub_errors.HubPublishError)
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
     """Keeps the description's line breaks; numbers show as N (integer) or X (real) instead of the upper-cased name."""
 
     def _get_default_metavar_for_optional(self, action):
-        return {int: "N", float: "X"}.get(action.type) or super()._get_default_metavar_for_optional(action)
+        return getattr(action.type, "metavar", None) or {int: "N", float: "X"}.get(action.type) \
+            or super()._get_default_metavar_for_optional(action)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -60,6 +83,76 @@ def _write_json(path: str, data: dict) -> None:
     os.makedirs(folder, exist_ok=True)
     with open(path, "w", encoding="utf-8") as handle:
         json.dump(data, handle, indent=2)
+
+
+def _check_output(path: str | None, checkpoint: str | None = None) -> None:
+    """Refuse an `--output` file that cannot be written, before the work whose result it is meant to keep (a probe
+    runs for hours), and never let a metrics file replace a file of the run's own record: `results.json` (best/last
+    accuracy, which `rrd-hf aggregate` and the model card read), `_rrd_run.json`, `config.json` and the like."""
+    if not path:
+        return
+    from ..runs.record import RUN_INFO_NAME, TRAINING_ARGS_NAME
+    from ..runs.results import RESULTS_NAME
+
+    target = os.path.abspath(path)
+    folder = os.path.dirname(target)
+    name = os.path.basename(target)
+    run_files = (RESULTS_NAME, RUN_INFO_NAME, TRAINING_ARGS_NAME, "config.json", "trainer_state.json",
+                 "preprocessor_config.json")
+    if name in run_files and (
+            (checkpoint is not None and os.path.isdir(checkpoint)
+             and os.path.realpath(folder) == os.path.realpath(checkpoint))
+            or any(os.path.isfile(os.path.join(folder, own)) for own in (RUN_INFO_NAME, "config.json"))):
+        raise FileExistsError(f"--output {path} is the run's own {name} (part of its record): write the metrics to "
+                              f"another file, e.g. {os.path.join(os.path.dirname(path), 'eval.json')}.")
+    if os.path.isdir(target):
+        raise IsADirectoryError(f"--output {path} is a folder: give a file name, e.g. "
+                                f"{os.path.join(path, 'metrics.json')}.")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".rrd_hf-write-test-"):
+            pass
+        if os.path.exists(target) and not os.access(target, os.W_OK):
+            raise PermissionError(f"{target} is read-only")
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise OSError(f"--output {path} cannot be written ({reason}): choose a writable place; nothing was "
+                      "run.") from None
+
+
+def _whole(minimum: int):
+    """argparse type: a whole number >= `minimum` (so that 0 or -5 images, epochs or batches are refused up front)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid whole number: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    parse.metavar = "N"
+    return parse
+
+
+def _real(minimum: float, *, strict: bool):
+    """argparse type: a finite number above `minimum` (`strict`) or at least it: a NaN or infinite learning rate
+    trains nothing and a run would report its numbers all the same."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid number: {text!r}") from None
+        if not math.isfinite(value) or value < minimum or (strict and value == minimum):
+            relation = ">" if strict else ">="
+            raise argparse.ArgumentTypeError(f"must be a finite number {relation} {minimum:g}, got {text}")
+        return value
+
+    parse.metavar = "X"
+    return parse
+
+
+_positive_real, _nonnegative_real = _real(0, strict=True), _real(0, strict=False)
 
 
 def _add_data_arguments(parser, *, dataset: str, dataset_help: str, split_help: str) -> None:
@@ -91,18 +184,19 @@ def _demo(argv: list[str]) -> None:
                         f"(default {defaults.output_dir})")
     parser.add_argument("--teacher", default=defaults.teacher, help=f"zoo name (default {defaults.teacher})")
     parser.add_argument("--student", default=defaults.student, help=f"zoo name (default {defaults.student})")
-    parser.add_argument("--train-samples", type=int, default=defaults.train_samples,
+    parser.add_argument("--train-samples", type=_whole(0), default=defaults.train_samples,
                         help=f"training images, a seeded subset (default {defaults.train_samples}; 0 = all 60,000)")
-    parser.add_argument("--eval-samples", type=int, default=defaults.eval_samples,
+    parser.add_argument("--eval-samples", type=_whole(0), default=defaults.eval_samples,
                         help=f"test images (default {defaults.eval_samples or 'all'}; 0 = all 10,000)")
-    parser.add_argument("--teacher-epochs", type=int, default=defaults.teacher_epochs,
+    parser.add_argument("--teacher-epochs", type=_whole(1), default=defaults.teacher_epochs,
                         help=f"(default {defaults.teacher_epochs})")
-    parser.add_argument("--epochs", type=int, default=defaults.epochs,
+    parser.add_argument("--epochs", type=_whole(1), default=defaults.epochs,
                         help=f"epochs of each student run (default {defaults.epochs})")
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help=f"(default {defaults.batch_size})")
-    parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate,
+    parser.add_argument("--batch-size", type=_whole(1), default=defaults.batch_size,
+                        help=f"(default {defaults.batch_size})")
+    parser.add_argument("--learning-rate", type=_positive_real, default=defaults.learning_rate,
                         help=f"(default {defaults.learning_rate})")
-    parser.add_argument("--memory-size", type=int, default=defaults.memory_size,
+    parser.add_argument("--memory-size", type=_whole(1), default=defaults.memory_size,
                         help=f"RRD memory K (default {defaults.memory_size}; 16384 in the paper, for 50k images)")
     parser.add_argument("--seed", type=int, default=defaults.seed, help=f"(default {defaults.seed})")
     parser.add_argument("--gpu", action="store_true", help="use the accelerator when there is one")
@@ -212,17 +306,20 @@ def _evaluate(argv: list[str]) -> None:
                         dataset_help="known name (cifar100, cifar10, tiny-imagenet, stl10, fashion_mnist), Hub id or "
                                      "local path",
                         split_help="split to evaluate (default: the dataset's evaluation split)")
-    parser.add_argument("--image-size", type=int, default=_default(evaluate_checkpoint, "image_size"),
+    parser.add_argument("--image-size", type=_whole(1), default=_default(evaluate_checkpoint, "image_size"),
                         help="side the images are resized to (default %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=_default(evaluate_checkpoint, "batch_size"),
+    parser.add_argument("--batch-size", type=_whole(1), default=_default(evaluate_checkpoint, "batch_size"),
                         help="(default %(default)s)")
-    parser.add_argument("--max-samples", type=int, default=None, help="only the first N images")
+    parser.add_argument("--max-samples", type=_whole(1), default=None, help="only the first N images")
     _add_device_argument(parser)
-    parser.add_argument("--output", default=None, metavar="FILE.json", help="also write the metrics to this file")
+    parser.add_argument("--output", default=None, metavar="FILE.json",
+                        help="also write the metrics to this file (never a run's own results.json)")
     args = parser.parse_args(argv)
+    _check_output(args.output, args.checkpoint)
     metrics = evaluate_checkpoint(args.checkpoint, args.dataset, args.split, data_dir=args.data_dir,
                                   image_size=args.image_size, batch_size=args.batch_size, max_samples=args.max_samples,
                                   device=args.device)
+    print(f"top-1 {metrics['top1']:.2f} %, top-5 {metrics['top5']:.2f} % on {metrics['evaluated_on']}", file=sys.stderr)
     print(json.dumps(metrics, indent=2))
     if args.output:
         _write_json(args.output, metrics)
@@ -251,6 +348,7 @@ def _aggregate(argv: list[str]) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     parser.add_argument("--output", default=None, metavar="FILE.json", help="also write the JSON to this file")
     args = parser.parse_args(argv)
+    _check_output(args.output)
     groups = aggregate_runs(args.runs, per_config=args.per_config, ignore=args.ignore)
     print(json.dumps(groups, indent=2) if args.json else format_groups(groups))
     if args.output:
@@ -276,36 +374,37 @@ def _probe(argv: list[str]) -> None:
                         dataset_help="stl10 or tiny-imagenet (any known dataset works)",
                         split_help="evaluation split (default: test for STL-10, valid for Tiny ImageNet)")
     parser.add_argument("--train-split", default=None, help="training split (default: the dataset's)")
-    parser.add_argument("--batch-size", type=int, default=d["batch_size"],
+    parser.add_argument("--batch-size", type=_whole(1), default=d["batch_size"],
                         help="training batch (default %(default)s)")
-    parser.add_argument("--eval-batch-size", type=int, default=_default(linear_probe, "eval_batch_size"),
+    parser.add_argument("--eval-batch-size", type=_whole(1), default=_default(linear_probe, "eval_batch_size"),
                         help="(default %(default)s)")
-    parser.add_argument("--max-train-samples", type=int, default=None,
+    parser.add_argument("--max-train-samples", type=_whole(1), default=None,
                         help="seeded random subset of the training split")
-    parser.add_argument("--max-eval-samples", type=int, default=None,
+    parser.add_argument("--max-eval-samples", type=_whole(1), default=None,
                         help="seeded random subset of the evaluation split")
     _add_device_argument(parser)
     parser.add_argument("--seed", type=int, default=_default(linear_probe, "seed"), help="(default %(default)s)")
-    parser.add_argument("--num-workers", type=int, default=_default(linear_probe, "num_workers"),
+    parser.add_argument("--num-workers", type=_whole(0), default=_default(linear_probe, "num_workers"),
                         help="processes decoding the images once")
     parser.add_argument("--output", default=None, metavar="FILE.json",
                         help="also write the metrics to this file (name it CHECKPOINT/probe_<dataset>.json to have "
                              "`rrd-hf push` put it in the model card)")
     parser.add_argument("--no-history", action="store_true", help="leave the per-epoch history out of the printout")
     protocol = parser.add_argument_group("protocol (defaults: the reference code's)")
-    protocol.add_argument("--epochs", type=int, default=d["epochs"], help="(default %(default)s)")
+    protocol.add_argument("--epochs", type=_whole(1), default=d["epochs"], help="(default %(default)s)")
     protocol.add_argument("--milestones", type=int, nargs="*", default=list(d["milestones"]),
                           help="epochs of LR × lr-decay-rate (default %(default)s)")
-    protocol.add_argument("--lr", type=float, default=None, help="default 0.05 (0.01 for MobileNetV2/ShuffleNets)")
-    protocol.add_argument("--lr-decay-rate", type=float, default=d["lr_decay_rate"], help="(default %(default)s)")
-    protocol.add_argument("--momentum", type=float, default=d["momentum"], help="(default %(default)s)")
-    protocol.add_argument("--weight-decay", type=float, default=d["weight_decay"], help="(default %(default)s)")
-    protocol.add_argument("--image-size", type=int, default=d["image_size"], help="(default %(default)s)")
+    protocol.add_argument("--lr", type=_positive_real, default=None, help="default 0.05 (0.01 for MobileNetV2/ShuffleNets)")
+    protocol.add_argument("--lr-decay-rate", type=_positive_real, default=d["lr_decay_rate"], help="(default %(default)s)")
+    protocol.add_argument("--momentum", type=_nonnegative_real, default=d["momentum"], help="(default %(default)s)")
+    protocol.add_argument("--weight-decay", type=_nonnegative_real, default=d["weight_decay"], help="(default %(default)s)")
+    protocol.add_argument("--image-size", type=_whole(1), default=d["image_size"], help="(default %(default)s)")
     protocol.add_argument("--bn-train", action="store_true",
                           help="keep the model in train mode like the reference code: BatchNorm running statistics "
                                "adapt to the target data (default: frozen source statistics, backbone in eval mode)")
     protocol.add_argument("--feature-module", default=None, help="dotted name of the classifier to replace")
     args = parser.parse_args(argv)
+    _check_output(args.output, args.checkpoint)  # before hours of probing, not after
     metrics = linear_probe(
         args.checkpoint, args.dataset, data_dir=args.data_dir, train_split=args.train_split, eval_split=args.split,
         epochs=args.epochs, milestones=args.milestones, lr=args.lr, lr_decay_rate=args.lr_decay_rate,
@@ -314,10 +413,10 @@ def _probe(argv: list[str]) -> None:
         max_eval_samples=args.max_eval_samples, bn_train=args.bn_train, feature_module=args.feature_module,
         device=args.device, seed=args.seed, num_workers=args.num_workers,
     )
+    shown = {k: v for k, v in metrics.items() if k != "history"} if args.no_history else metrics
+    print(json.dumps(shown, indent=2))  # first: if writing fails after all, the metrics are on the screen
     if args.output:
         _write_json(args.output, metrics)
-    shown = {k: v for k, v in metrics.items() if k != "history"} if args.no_history else metrics
-    print(json.dumps(shown, indent=2))
 
 
 # ------------------------------------------------------------------------------------------------- plots
@@ -339,9 +438,9 @@ def _plots(argv: list[str]) -> None:
                         split_help="default: the dataset's evaluation split")
     parser.add_argument("--output-dir", default=None, metavar="DIR",
                         help="default: CHECKPOINT/figures for a local checkpoint (where `rrd-hf push` finds them)")
-    parser.add_argument("--batch-size", type=int, default=_default(make_figures, "batch_size"),
+    parser.add_argument("--batch-size", type=_whole(1), default=_default(make_figures, "batch_size"),
                         help="(default %(default)s)")
-    parser.add_argument("--max-samples", type=int, default=None, help="first N evaluation images")
+    parser.add_argument("--max-samples", type=_whole(1), default=None, help="first N evaluation images")
     _add_device_argument(parser)
     parser.add_argument("--seed", type=int, default=_default(make_figures, "seed"), help="(default %(default)s)")
     figure = parser.add_argument_group("figures")
@@ -444,8 +543,8 @@ def main(argv: list[str] | None = None) -> None:
             raise
         print(f"rrd-hf {name}: interrupted", file=sys.stderr)
         sys.exit(130)
-    except USER_ERRORS as error:
-        if debug:
+    except Exception as error:
+        if debug or not _is_user_error(error):
             raise
         print(f"rrd-hf {name}: error: {error}\n({DEBUG_ENV}=1 shows the traceback)", file=sys.stderr)
         sys.exit(1)

@@ -127,6 +127,11 @@ def run_demo(settings: DemoSettings | None = None) -> dict:
 
     settings = settings or DemoSettings()
     check_output_dir(settings)
+    # Every run's arguments are built (and so checked: an RRD memory smaller than a batch, say) before any work, so
+    # that a setting only the fourth run uses is refused now, not after the first three have trained.
+    configs = {"teacher": _config(os.path.join(settings.output_dir, "teacher"), settings, (1, 0, 0), teacher=True)}
+    configs.update({run: _config(os.path.join(settings.output_dir, run_folder(run)), settings, weights)
+                    for run, weights in STUDENT_RUNS.items()})
     os.makedirs(settings.output_dir, exist_ok=True)
     start = time.time()
     steps = 1 + len(STUDENT_RUNS)
@@ -144,10 +149,7 @@ def run_demo(settings: DemoSettings | None = None) -> dict:
 
     print(f"[demo] 1/{steps} training the teacher {settings.teacher} for {_epochs(settings.teacher_epochs)}")
     t0 = time.time()
-    teacher_trainer = RRDTrainer(model=new_model(settings.teacher, settings.seed),
-                                 args=_config(os.path.join(settings.output_dir, "teacher"), settings, (1, 0, 0),
-                                              teacher=True),
-                                 **common)
+    teacher_trainer = RRDTrainer(model=new_model(settings.teacher, settings.seed), args=configs["teacher"], **common)
     teacher_trainer.train()
     results["teacher"] = _evaluate(teacher_trainer)  # before saving, so the saved run record holds the accuracy
     teacher_trainer.save_model()
@@ -159,7 +161,7 @@ def run_demo(settings: DemoSettings | None = None) -> dict:
         t0 = time.time()
         trainer = RRDTrainer(model=new_model(settings.student, settings.seed + 1),
                              teacher_model=teacher if any(weights[1:]) else None,
-                             args=_config(os.path.join(settings.output_dir, run_folder(run)), settings, weights),
+                             args=configs[run],
                              **common)
         trainer.train()
         results[run] = _evaluate(trainer)
@@ -167,13 +169,24 @@ def run_demo(settings: DemoSettings | None = None) -> dict:
         timings[run] = time.time() - t0
 
     total = time.time() - start
+    totals = {"train_split_size": train.split_size, "eval_split_size": test.split_size}
     summary = {"results": results, "seconds": timings, "total_seconds": total, "weights": STUDENT_RUNS,
-               "num_train": len(train), "num_eval": len(test), "settings": dataclasses.asdict(settings)}
+               "num_train": len(train), "num_eval": len(test), **totals,
+               "evaluated_on": _images(len(test), test.split_size, "test"), "settings": dataclasses.asdict(settings)}
     with open(os.path.join(settings.output_dir, DEMO_RESULTS), "w", encoding="utf-8") as handle:
         json.dump(summary, handle, indent=2)
     print()
-    print(format_table(settings, results, timings, total, num_train=len(train), num_eval=len(test)))
+    print(format_table(settings, results, timings, total, num_train=len(train), num_eval=len(test),
+                       train_total=train.split_size, eval_total=test.split_size))
     return summary
+
+
+def _images(count: int, total: int | None, split: str) -> str:
+    """'256 of the 60,000 training images' for a subset (an accuracy on part of a split is not the split's), else
+    '10,000 test images'."""
+    if total is not None and count < total:
+        return f"{count:,} of the {total:,} {split} images"
+    return f"{count:,} {split} images"
 
 
 def _epochs(n: int) -> str:
@@ -192,11 +205,15 @@ def _duration(seconds: float) -> str:
 
 
 def format_table(settings: DemoSettings, results: dict, timings: dict, total: float, *, num_train: int,
-                 num_eval: int) -> str:
+                 num_eval: int, train_total: int | None = None, eval_total: int | None = None) -> str:
     """The table the demo prints: the setting (data, budget, seed), one row per model (top-1, top-5 and the wall
-    time of training and evaluating it), the verdict of this run."""
+    time of training and evaluating it), the verdict of this run. `train_total`/`eval_total`: the splits' full
+    sizes, so that a subset is called one."""
+    partial = (train_total and num_train < train_total) or (eval_total and num_eval < eval_total)
+    subset = " (seeded subsets)" if partial else ""
     lines = [
-        f"Fashion-MNIST: {num_train:,} training images, {num_eval:,} test images. Teacher {settings.teacher} "
+        f"Fashion-MNIST: {_images(num_train, train_total, 'training')}, {_images(num_eval, eval_total, 'test')}"
+        f"{subset}. Teacher {settings.teacher} "
         f"({_epochs(settings.teacher_epochs)}); student {settings.student}, {_epochs(settings.epochs)} per run; batch "
         f"{settings.batch_size}, SGD lr {settings.learning_rate} cosine, RRD memory {settings.memory_size}. "
         f"Seed {settings.seed}, one seed.",

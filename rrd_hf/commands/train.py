@@ -19,7 +19,8 @@ from typing import Literal
 
 from .process import run_command
 
-__all__ = ["ModelArguments", "DataArguments", "recipe_parser", "parse_recipe", "run", "main"]
+__all__ = ["ModelArguments", "DataArguments", "ResumeArguments", "recipe_parser", "parse_recipe", "run", "main",
+           "user_errors"]
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +81,24 @@ class DataArguments:
     def __post_init__(self):
         if self.data_pipeline not in ("auto", "in_memory", "per_sample"):
             raise ValueError(f"data_pipeline must be auto, in_memory or per_sample, got {self.data_pipeline!r}.")
+        for name in ("max_train_samples", "max_eval_samples", "image_size"):  # 0 or -5 would give empty or odd data
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a whole number >= 1 (leave max_*_samples unset for all), got "
+                                 f"{value!r}.")
+
+
+@dataclass
+class ResumeArguments:
+    """What a resume may change."""
+
+    allow_resume_changes: str | None = field(
+        default=None,
+        metadata={"help": "Comma-separated settings (e.g. learning_rate,weight_decay, or all) that may differ from "
+                  "the checkpoint's when resuming; results.json records them as resume_changes. The seed, data, "
+                  "student, teacher, objective and batch size never may. Without it a resume with other settings is "
+                  "refused, naming them."},
+    )
 
 
 def recipe_parser(prog: str = "rrd-hf train"):
@@ -88,28 +107,24 @@ def recipe_parser(prog: str = "rrd-hf train"):
     from ..training.config import RRDConfig
 
     # An explicit usage keeps argparse errors to two lines instead of a usage listing every field.
-    return HfArgumentParser((ModelArguments, DataArguments, RRDConfig), prog=prog,
+    return HfArgumentParser((ModelArguments, DataArguments, RRDConfig, ResumeArguments), prog=prog,
                             usage=f"{prog} RECIPE.yaml [--field value ...]  (`{prog} --help` for the common fields)")
 
 
-def parse_recipe(argv: list[str], *, teacher_only: bool = False):
+def parse_recipe(argv: list[str], *, teacher_only: bool = False, with_resume_arguments: bool = False):
     """`[RECIPE.yaml] [--field value ...]` → (ModelArguments, DataArguments, RRDConfig); flags override the file.
 
-    With `teacher_only`, kd_weight and rrd_weight default to 0 (plain cross-entropy training).
+    With `teacher_only`, kd_weight and rrd_weight default to 0 (plain cross-entropy training). With
+    `with_resume_arguments`, the `ResumeArguments` come fourth.
     """
-    import yaml
+    from .recipes import check_model_arguments, load_recipe
 
     parser = recipe_parser("rrd-hf train-teacher" if teacher_only else "rrd-hf train")
     if teacher_only:
         parser.set_defaults(kd_weight=0.0, rrd_weight=0.0)
     if argv and argv[0].endswith((".yaml", ".yml", ".json")):
         path, argv = argv[0], argv[1:]
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"recipe {path} not found (run from the repository root, or give its full path).")
-        with open(path, encoding="utf-8") as handle:
-            recipe = (json.load(handle) if path.endswith(".json") else yaml.safe_load(handle)) or {}
-        if not isinstance(recipe, dict):
-            raise ValueError(f"recipe {path} must be a mapping of field: value, got {type(recipe).__name__}.")
+        recipe = load_recipe(path)  # strict: no duplicate keys, no aliases, syntax errors in one line
         known = {f.name for dtype in parser.dataclass_types for f in dataclasses.fields(dtype)}
         unknown = sorted(set(recipe) - known)
         if unknown:
@@ -117,7 +132,9 @@ def parse_recipe(argv: list[str], *, teacher_only: bool = False):
         # Recipe values become argparse defaults: flags still override them, and string values get the
         # field's type conversion (so `5e-4` in YAML is a float, not a string).
         parser.set_defaults(**{k: (json.dumps(v) if isinstance(v, dict) else v) for k, v in recipe.items()})
-    return parser.parse_args_into_dataclasses(args=argv)
+    parsed = parser.parse_args_into_dataclasses(args=argv)
+    check_model_arguments(parsed[0])  # the student and its init kwargs, before any data is decoded
+    return tuple(parsed) if with_resume_arguments else tuple(parsed[:3])
 
 
 def _images_device(data_args: DataArguments, training_args, nbytes: int):
@@ -223,21 +240,55 @@ def _build_student(model_args: ModelArguments, num_labels: int, class_names: lis
     return load_image_classifier(model_args.student, role="student")
 
 
-def run(model_args: ModelArguments, data_args: DataArguments, config, *, teacher_only: bool = False) -> dict:
-    """Train, save the student (Hub-ready) into `output_dir`, write `results.json`, and return the results."""
-    from ..runs.results import RESULTS_NAME, summarize_log_history
-    from ..training.trainer import RRDTrainer
+def run(model_args: ModelArguments, data_args: DataArguments, config, *, teacher_only: bool = False,
+        allow_resume_changes: str | None = None) -> dict:
+    """Train, save the student (Hub-ready) into `output_dir`, write `results.json`, and return the results.
+
+    The main process holds `output_dir` from the first check to the last file (`checkpoints.output_dir_lock`): a
+    second run started into the same folder is refused instead of mixing its checkpoints with this one's."""
+    from ..training.checkpoints import output_dir_lock
 
     if teacher_only and config.needs_teacher:
         raise ValueError(
             f"train-teacher trains with cross-entropy only, but the recipe's objective is {config.describe_objective()}: "
             "set kd_weight and rrd_weight to 0 and remove distill_method/distill_terms (or use `rrd-hf train`)."
         )
-    # Fail before decoding any data: a resume point that is not there, or a finished run in output_dir.
-    from ..training.checkpoints import check_output_dir, resolve_resume
+    with output_dir_lock(config.output_dir, enabled=config.process_index == 0):
+        return _run(model_args, data_args, config, allow_resume_changes)
 
-    if resolve_resume(config.resume_from_checkpoint, config.output_dir) is None:
-        check_output_dir(config.output_dir, config.overwrite_output_dir, remove_checkpoints=False)
+
+def _settings(model_args: ModelArguments, data_args: DataArguments, config) -> dict:
+    """What the run trains with, as a resume compares it with the checkpoint (`checkpoints.resume_changes`)."""
+    from ..runs.record import training_args_dict
+
+    return {**training_args_dict(config), **dataclasses.asdict(model_args), **dataclasses.asdict(data_args)}
+
+
+def _run(model_args: ModelArguments, data_args: DataArguments, config, allow_resume_changes) -> dict:
+    from ..runs.results import RESULTS_NAME, summarize_log_history
+    from ..training.checkpoints import (check_output_dir, check_resume_settings, finished_results, list_checkpoints,
+                                        is_complete, read_trainer_state, resolve_resume)
+    from ..training.trainer import RRDTrainer
+
+    # Fail before decoding any data: a resume point that is not there or other settings than the checkpoint's, a
+    # finished run in output_dir.
+    requested = config.resume_from_checkpoint not in (None, False, "")
+    resume = resolve_resume(config.resume_from_checkpoint, config.output_dir)
+    if resume is not None:
+        check_resume_settings(resume, _settings(model_args, data_args, config), allow_resume_changes, log=False)
+    if requested:
+        done = finished_results(config.output_dir, config.max_steps, config.num_train_epochs)
+        # 'latest' on a finished run is that run; a checkpoint named by path before its end asks to train from there
+        latest = config.resume_from_checkpoint in (True, "latest")
+        if done is not None and (latest or read_trainer_state(resume)["global_step"] >= done["global_step"]):
+            logger.warning("%s holds the finished run (step %d): nothing to train, nothing rewritten.",
+                           config.output_dir, done["global_step"])
+            if config.process_index == 0:
+                print(json.dumps(done, indent=2, ensure_ascii=False))
+            return done
+    if resume is None:  # the main process moves an overwritten run aside (the others only check)
+        check_output_dir(config.output_dir, config.overwrite_output_dir, replace=config.process_index == 0,
+                         resuming=requested)
     train, evaluation, transform, num_labels, class_names, _ = _load_splits(data_args, config.seed, config)
     # The student's initial weights come from the seed: the same recipe and seed give the same run.
     from transformers.trainer_utils import enable_full_determinism, set_seed
@@ -252,10 +303,26 @@ def run(model_args: ModelArguments, data_args: DataArguments, config, *, teacher
     # The processor saved with the student, its class names and the teacher's input adapter follow the data.
     trainer = RRDTrainer(model=student, args=config, train_dataset=train, eval_dataset=evaluation,
                          batch_transform=transform)
-    train_output = trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
+    trainer.run_arguments = {"model_args": dataclasses.asdict(model_args), "data_args": dataclasses.asdict(data_args)}
+    train_output = trainer.train(resume_from_checkpoint=config.resume_from_checkpoint,
+                                 allow_resume_changes=allow_resume_changes)
     if config.eval_strategy == "no":  # still report the final accuracy (it lands in log_history)
         trainer.evaluate()
-    trainer.save_model()
+    try:
+        trainer.save_model()
+    except OSError as error:
+        if not hasattr(error, "advice"):  # not the write of the model (e.g. a push during save_model)
+            raise
+        step = trainer.state.global_step
+        kept = [path for checkpoint_step, path in list_checkpoints(config.output_dir)
+                if checkpoint_step == step and is_complete(path)]
+        then = (f"run the same command with --resume_from_checkpoint latest: it writes the model of {kept[0]} "
+                "without training" if kept else
+                f"run the command again: no checkpoint holds step {step}, so the weights it trained ended with it")
+        failed = OSError(f"could not write the final model into {config.output_dir} ({error.reason}): the command "
+                         f"failed before writing the model or {RESULTS_NAME}. {error.advice}, then {then}.")
+        failed.errno = error.errno
+        raise failed from error
     results = {
         "dataset": data_args.dataset, "student": model_args.student, "teacher": config.teacher_model_name_or_path,
         "ce_weight": config.ce_weight, "loss_terms": [term.to_dict() for term in config.loss_terms],
@@ -267,9 +334,14 @@ def run(model_args: ModelArguments, data_args: DataArguments, config, *, teacher
         # `rrd-hf aggregate` compares runs on these (with _rrd_run.json's training arguments)
         "model_args": dataclasses.asdict(model_args), "data_args": dataclasses.asdict(data_args),
     }
+    if trainer.resume_changes:  # settings a resume was allowed to change: the record says the model saw both
+        results["resume_changes"] = {key: {"before": old, "after": new}
+                                     for key, (old, new) in trainer.resume_changes.items()}
     if trainer.is_world_process_zero():
-        with open(os.path.join(config.output_dir, RESULTS_NAME), "w", encoding="utf-8") as handle:
+        path = os.path.join(config.output_dir, RESULTS_NAME)
+        with open(path + ".tmp", "w", encoding="utf-8") as handle:  # results.json marks a finished run: whole or absent
             json.dump(results, handle, indent=2, ensure_ascii=False)
+        os.replace(path + ".tmp", path)
         logger.info("results: %s", results)
         print(json.dumps(results, indent=2, ensure_ascii=False))
     trainer.accelerator.wait_for_everyone()  # every process is done before the process group is destroyed
@@ -282,14 +354,45 @@ def main(argv: list[str] | None = None, *, teacher_only: bool = False) -> dict:
     if argv and argv[0] in ("-h", "--help"):
         recipe_parser().print_help()
         return {}
-    model_args, data_args, config = parse_recipe(argv, teacher_only=teacher_only)
-    return run(model_args, data_args, config, teacher_only=teacher_only)
+    model_args, data_args, config, resume_args = parse_recipe(argv, teacher_only=teacher_only,
+                                                              with_resume_arguments=True)
+    return run(model_args, data_args, config, teacher_only=teacher_only,
+               allow_resume_changes=resume_args.allow_resume_changes)
+
+
+DEBUG_ENV = "RRD_HF_DEBUG"
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """The errors `rrd-hf` reports in one message: `cli.USER_ERRORS` (cli imports this module, so it is restated
+    here and kept equal by a test)."""
+    from ..hub.errors import HubPublishError
+
+    return ValueError, OSError, ImportError, FloatingPointError, HubPublishError
+
+
+def _main_reporting_user_errors() -> None:
+    """`main` as `python -m rrd_hf.train` (and so `accelerate launch`) runs it: a user error prints one message and
+    exits with status 1, as `rrd-hf train` does, instead of a traceback (RRD_HF_DEBUG=1 shows it)."""
+    debug = os.environ.get(DEBUG_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+    try:
+        main()
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("python -m rrd_hf.train: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except user_errors() as error:
+        if debug:
+            raise
+        print(f"python -m rrd_hf.train: error: {error}\n({DEBUG_ENV}=1 shows the traceback)", file=sys.stderr)
+        sys.exit(1)
 
 
 def entry() -> None:
     """`python -m rrd_hf.train`: `main` in a process tuned for the command (`rrd_hf.commands.process`)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run_command(main)
+    run_command(_main_reporting_user_errors)
 
 
 if __name__ == "__main__":

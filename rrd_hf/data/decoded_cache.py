@@ -11,11 +11,17 @@ later runs.
   whenever decoding changes its output) and Pillow's version (the decoder). The file name carries a hash of the key and its metadata the key itself.
 * **Where.** `auto` writes only inside the `datasets` cache folder (`HF_DATASETS_CACHE`): never into a folder the user
   saved (`save_to_disk`), nor for an in-memory dataset, nor when `datasets.disable_caching()` is in effect.
-* **Trust.** A file is used only when its metadata holds the same key and its one tensor is uint8 `(N, 3, H, W)` with
-  N the dataset's length (and H = W = the image size when one is given); anything else (truncated, another version,
-  put there by hand) is decoded again and rewritten, with a warning. Labels and sample ids always come from the
-  dataset, never from the file.
+* **Trust.** A file is used only when its metadata holds the same key, its one tensor is uint8 `(N, 3, H, W)` with
+  N the dataset's length (and H = W = the image size when one is given), and the SHA-256 of that tensor's bytes is the
+  one written with it. The metadata alone says which data the file claims to hold, not that its pixels are intact:
+  flipped bits (a failing disk) or a file whose metadata was copied onto other pixels would otherwise be trained on
+  silently by every later run. Anything that fails (truncated, another version, another digest, put there by hand)
+  is decoded again and rewritten, with a warning. The digest catches damage and mix-ups, not a forger who recomputes
+  it: the cache folder must be no more writable than the dataset files themselves. Labels and sample ids always come
+  from the dataset, never from the file.
 * **Writing** goes to a temporary file in the same folder, renamed over the final name: a crash leaves no half file,
+  and the file gets the mode the umask gives a new file (as `datasets` gives its own cache files), so that a cache
+  shared by several users stays readable to them (safetensors alone creates it readable by its owner only),
   and several processes writing the same split leave one complete copy; the temporary file of a process that died
   while writing is removed by the next write. A folder that cannot be written (read-only,
   full) only costs the saving, with a log line. An explicit `cache_file` that holds anything but such a cache is
@@ -42,6 +48,30 @@ FORMAT = "rrd_hf.decoded_images"
 PREFIX = "rrd_hf-decoded-"
 
 
+DIGEST_KEY = "sha256"
+
+
+def _digest(images: torch.Tensor) -> str:
+    """SHA-256 of the tensor's bytes (C order), hex."""
+    array = images.detach().cpu().contiguous().numpy()
+    return hashlib.sha256(memoryview(array).cast("B")).hexdigest()
+
+
+def _umask_mode() -> int:
+    """The mode a new regular file gets here: 0o666 minus the process's umask (read from /proc where it can be, since
+    reading it with os.umask means setting it for a moment, which other threads creating files would see)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def _key(dataset, image_size: int | None) -> dict[str, str]:
     import PIL
 
@@ -66,7 +96,8 @@ def decoded_cache_path(dataset, image_size: int | None) -> Path | None:
 
 
 def read_decoded(path: str | os.PathLike, dataset, image_size: int | None) -> torch.Tensor | None:
-    """The uint8 `(N, 3, H, W)` images cached in `path` for `dataset`, or None (absent, stale or not trustworthy)."""
+    """The uint8 `(N, 3, H, W)` images cached in `path` for `dataset`, or None (absent, stale, damaged, or not
+    trustworthy: pixels that do not match the digest written with them)."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -74,7 +105,8 @@ def read_decoded(path: str | os.PathLike, dataset, image_size: int | None) -> to
         return None
     try:
         with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
+            metadata = dict(handle.metadata() or {})
+            digest = metadata.pop(DIGEST_KEY, None)
             if metadata != _key(dataset, image_size):
                 logger.warning("decoded-image cache %s is for other data or another rrd_hf: decoding again", path)
                 return None
@@ -89,6 +121,10 @@ def read_decoded(path: str | os.PathLike, dataset, image_size: int | None) -> to
             or not size_ok:
         logger.warning("decoded-image cache %s holds %s %s, not %d uint8 images of size %s: decoding again",
                        path, images.dtype, tuple(images.shape), len(dataset), image_size)
+        return None
+    if digest is None or _digest(images) != digest:
+        logger.warning("decoded-image cache %s: its pixels do not match the digest written with them (damaged, or "
+                       "another file's metadata): decoding again", path)
         return None
     return images
 
@@ -131,11 +167,14 @@ def write_decoded(path: str | os.PathLike, images: torch.Tensor, dataset, image_
 
     path = Path(path)
     check_replaceable(path)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")  # created with the umask's mode
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         _remove_orphans(path)
-        save_file({"images": images.contiguous()}, temporary, metadata=_key(dataset, image_size))
+        images = images.contiguous()
+        metadata = {**_key(dataset, image_size), DIGEST_KEY: _digest(images)}
+        save_file({"images": images}, temporary, metadata=metadata)
+        os.chmod(temporary, _umask_mode())
         os.replace(temporary, path)
     except (OSError, SafetensorError) as error:
         logger.info("decoded images not cached in %s (%s): later runs decode again", path.parent, error)

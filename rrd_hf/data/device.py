@@ -199,8 +199,9 @@ class InMemoryImageDataset(torch.utils.data.Dataset):
 
         ``cache_file``: keep the decoded images for later runs (:mod:`rrd_hf.data.decoded_cache`): ``"auto"`` in the
         dataset's folder of the ``datasets`` cache (nothing where it has none), or a ``.safetensors`` path. The file
-        is read back only for the same data (dataset fingerprint), ``image_size`` and decoding, else rewritten; labels
-        and sample ids always come from ``dataset``. ``stats``: default, those of the known dataset it holds (if any).
+        is read back only for the same data (dataset fingerprint), ``image_size`` and decoding, and only when its
+        pixels match the digest written with them, else rewritten; labels and sample ids always come from
+        ``dataset``. ``stats``: default, those of the known dataset it holds (if any).
         """
         import datasets
 

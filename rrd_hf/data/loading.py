@@ -6,8 +6,10 @@ a local folder laid out like the Hub repo (``data/cifar10``), parquet or arrow f
 and always returns the same columns:
 
 * ``image``: ``Image(mode="RGB")`` (grayscale, palette and RGBA images are converted to RGB at decode time);
-* ``label``: the source's ``ClassLabel`` when it has one (class names kept), else integer ids (string
-  labels are class-encoded);
+* ``label``: the source's ``ClassLabel`` when it has one (class names kept), else integer ids. String labels are
+  class-encoded with **one** id map for every split: the sorted names of the training split (or, without one, of all
+  splits). Numbering each split on its own would shift every id of a split that lacks a class, and an accuracy
+  measured on it would compare unrelated classes; a split holding a name the training split lacks is refused;
 * ``index``: ``int64``, the row number in the split as loaded. It travels with the row through
   ``shuffle``/``select``/``filter``, so it is the stable sample id for a momentum memory or CRD's
   contrastive memory bank.
@@ -51,6 +53,8 @@ __all__ = [
 ]
 
 _SPLIT_WORDS = {"train", "test", "valid", "validation", "val", "eval", "dev", "unlabeled", "unlabelled"}
+#: Split names tried, in order, for the training split when the dataset is not a known one.
+TRAIN_SPLIT_NAMES = ("train", "training")
 _FILE_BUILDERS = {".parquet": "parquet", ".arrow": "arrow"}
 _LABEL_NAMES = ("label", "labels", "fine_label", "class", "target", "category", "y")
 _IMAGE_NAMES = ("image", "img")
@@ -182,6 +186,50 @@ def _load_hub(hub_id: str, name, load_kwargs, shown: str):
         ) from exc
 
 
+def _check_utf8_path(text: str) -> None:
+    """`datasets` keeps paths as UTF-8 text (cache names, JSON state files), so a path holding other bytes fails
+    deep inside it with an encoding error that names neither the path nor a way out: say both here."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raw = os.fsencode(text)
+        raise DataSourceNotFoundError(
+            f"the dataset path {raw!r} is not valid UTF-8, and the datasets library can only read UTF-8 paths: rename "
+            "it, or link it under a UTF-8 name (ln -s OLD NEW) and pass that."
+        ) from None
+
+
+def _empty_saved_splits(path: Path) -> list[str]:
+    """The splits of a ``save_to_disk`` folder saved without a data file (no rows)."""
+    import json
+
+    folders = [path]
+    if (path / "dataset_dict.json").is_file():
+        splits = json.loads((path / "dataset_dict.json").read_text(encoding="utf-8")).get("splits", [])
+        folders = [path / name for name in splits]
+    empty = []
+    for folder in folders:
+        try:
+            state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if not state.get("_data_files"):
+            empty.append(folder.name if folder != path else "(the only split)")
+    return empty
+
+
+def _empty_split_error(path: Path, splits: list[str]) -> DataError:
+    """An empty split stops `datasets` from loading the whole folder, with a message that names neither the split nor
+    the folder; an empty evaluation split would otherwise end in an accuracy of nothing."""
+    named = ", ".join(f"'{name}'" for name in splits)
+    what = f"the split {named} of {path} holds" if len(splits) == 1 else \
+        f"the splits {named} of {path} hold" if splits else f"a split of {path} holds"
+    return DataError(
+        f"{what} no images: add images, or remove the empty split from the folder (training and evaluation need "
+        "images in the splits they use)."
+    )
+
+
 def _load_raw(source, name, load_kwargs, split=None):
     """Load ``source`` as a ``Dataset`` or ``DatasetDict``; returns ``(loaded, description)``."""
     import datasets
@@ -201,10 +249,14 @@ def _load_raw(source, name, load_kwargs, split=None):
     text = os.fspath(source)
     path = Path(text).expanduser()
     if path.exists():
+        _check_utf8_path(text)
         if path.is_file():
             return _load_files([path], load_kwargs), str(path)
         if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
-            return datasets.load_from_disk(str(path)), str(path)
+            try:
+                return datasets.load_from_disk(str(path)), str(path)
+            except IndexError:  # `datasets` cannot read back a split saved with no rows
+                raise _empty_split_error(path, _empty_saved_splits(path)) from None
         try:
             return datasets.load_dataset(str(path), name=name, **load_kwargs), str(path)
         except (datasets.exceptions.DataFilesNotFoundError, FileNotFoundError) as exc:
@@ -214,6 +266,11 @@ def _load_raw(source, name, load_kwargs, split=None):
                 "save_to_disk folder (dataset_dict.json or state.json), or an imagefolder layout "
                 "(<split>/<class>/<image>.png)."
             ) from exc
+        except ValueError as exc:  # `datasets` refuses a whole folder for one split without rows
+            empty = re.fullmatch(r'Instruction "(.+)" corresponds to no data!', str(exc))
+            if empty is None:
+                raise
+            raise _empty_split_error(path, [empty.group(1)]) from None
     info = find_dataset_info(text)
     if info is not None:
         if info.name == "fashion_mnist" and name is None and not load_kwargs and fashion_mnist_available():
@@ -289,7 +346,55 @@ def _pick_label_column(dataset, requested, info, source, image_column) -> str:
     )
 
 
-def _normalise(dataset, *, image_column, label_column, info, keep_columns, add_index, source):
+def _is_string_feature(feature) -> bool:
+    import datasets
+
+    return isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string")
+
+
+def _string_label_names(loaded, names_split, image_column, label_column, info, shown):
+    """``(names, split)``: the class names that number string labels in every split, and the split they come from
+    (``None`` for all splits together); ``(None, None)`` when the labels are not strings or there is one split only."""
+    import datasets
+
+    if not isinstance(loaded, datasets.DatasetDict) or len(loaded) < 2:
+        return None, None
+    columns = {}
+    for split_name, ds in loaded.items():
+        try:
+            image_col = _pick_image_column(ds, image_column, info, shown)
+            columns[split_name] = _pick_label_column(ds, label_column, info, shown, image_col)
+        except DataError:  # said when (and if) that split is normalised
+            continue
+    string_splits = [s for s, col in columns.items() if _is_string_feature(loaded[s].features[col])]
+    if not string_splits:
+        return None, None
+    order = ([names_split] if names_split else []) + ([info.train_split] if info is not None else []) + list(
+        TRAIN_SPLIT_NAMES)
+    reference = next((s for s in order if s in string_splits), None)
+    sources = [reference] if reference is not None else string_splits
+    names = set()
+    for split_name in sources:
+        names.update(v for v in loaded[split_name].unique(columns[split_name]) if v is not None)
+    return sorted(names), reference
+
+
+def _encode_string_labels(dataset, names, reference, source):
+    """Number the string labels of ``dataset`` by ``names`` (shared by every split), refusing names it lacks."""
+    import datasets
+
+    unknown = sorted({v for v in dataset.unique(LABEL_COLUMN) if v is not None} - set(names))
+    if unknown:
+        shown = ", ".join(map(repr, unknown[:10])) + (f" and {len(unknown) - 10} more" if len(unknown) > 10 else "")
+        raise DataError(
+            f"{source} has labels that the training split '{reference}' does not have: {shown}. A model trained on "
+            f"that split has no id for them; fix the labels or drop those rows."
+        )
+    return dataset.cast_column(LABEL_COLUMN, datasets.ClassLabel(names=list(names)))
+
+
+def _normalise(dataset, *, image_column, label_column, info, keep_columns, add_index, source, label_names=None,
+               names_reference=None):
     import datasets
 
     image_col = _pick_image_column(dataset, image_column, info, source)
@@ -334,11 +439,11 @@ def _normalise(dataset, *, image_column, label_column, info, keep_columns, add_i
     renames = {old: new for old, new in ((image_col, IMAGE_COLUMN), (label_col, LABEL_COLUMN)) if old != new}
     if renames:
         dataset = dataset.rename_columns(renames)
-    if isinstance(dataset.features[LABEL_COLUMN], datasets.Value) and dataset.features[LABEL_COLUMN].dtype in (
-        "string",
-        "large_string",
-    ):
-        dataset = dataset.class_encode_column(LABEL_COLUMN)
+    if _is_string_feature(dataset.features[LABEL_COLUMN]):
+        if label_names is not None:  # one id map for every split of the dataset
+            dataset = _encode_string_labels(dataset, label_names, names_reference, source)
+        else:
+            dataset = dataset.class_encode_column(LABEL_COLUMN)
     image_feature = dataset.features[IMAGE_COLUMN]
     if image_feature.mode != "RGB" or not image_feature.decode:
         dataset = dataset.cast_column(IMAGE_COLUMN, datasets.Image(mode="RGB"))
@@ -379,6 +484,7 @@ def load_with_info(
     keep_columns=(),
     add_index=True,
     verify=False,
+    label_names_split=None,
     **load_kwargs,
 ):
     import datasets
@@ -386,6 +492,8 @@ def load_with_info(
     loaded, shown = _load_raw(source, name, load_kwargs, split)
     info = infer_dataset_info(source if not isinstance(source, (datasets.Dataset, datasets.DatasetDict)) else None,
                               loaded, dataset_name)
+    label_names, names_reference = _string_label_names(loaded, label_names_split, image_column, label_column, info,
+                                                       shown)
     out = {}
     for split_name, ds in _select_split(loaded, split, shown).items():
         suffix = f" (split '{split_name}')"
@@ -398,6 +506,8 @@ def load_with_info(
             keep_columns=keep_columns,
             add_index=add_index,
             source=where,
+            label_names=label_names,
+            names_reference=names_reference,
         )
         set_tag(ds, where, info)
         if verify:
@@ -418,6 +528,7 @@ def load_image_dataset(
     keep_columns: Sequence[str] = (),
     add_index: bool = True,
     verify: bool = False,
+    label_names_split: str | None = None,
     **load_kwargs,
 ):
     """Load an image-classification dataset from any source as the normalised ``image``/``label``/``index`` view.
@@ -438,6 +549,8 @@ def load_image_dataset(
         add_index: add the ``index`` column (row number in the split as loaded); an existing integer ``index``
             column is kept as is.
         verify: decode every image now and raise :class:`CorruptImageError` at the first unreadable one.
+        label_names_split: the split whose string labels (sorted) number the classes of every split; default the
+            training split (the known dataset's, else ``train``/``training``), else the names of all splits.
         **load_kwargs: passed to ``datasets.load_dataset`` (``cache_dir``, ``revision``, ``num_proc``, ...).
 
     Raises:
@@ -454,6 +567,7 @@ def load_image_dataset(
         keep_columns=keep_columns,
         add_index=add_index,
         verify=verify,
+        label_names_split=label_names_split,
         **load_kwargs,
     )
     return result

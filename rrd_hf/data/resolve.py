@@ -11,14 +11,14 @@ import os
 from dataclasses import dataclass
 
 from .errors import DataError, UnknownSplitError
-from .loading import infer_dataset_info, load_image_dataset
+from .loading import TRAIN_SPLIT_NAMES, infer_dataset_info, load_image_dataset
 from .provenance import describe_source
 from .registry import DatasetInfo, NormalizationStats, StatsLike, find_dataset_info, resolve_stats
 
 __all__ = ["ResolvedDataset", "resolve_dataset", "EVAL_SPLIT_NAMES", "TRAIN_SPLIT_NAMES"]
 
-#: Split names tried, in order, when the dataset is not a known one (or its known split is absent).
-TRAIN_SPLIT_NAMES = ("train", "training")
+#: Split names tried, in order, when the dataset is not a known one (or its known split is absent); the training
+#: names live in `rrd_hf.data.loading`, which numbers string labels by the training split.
 EVAL_SPLIT_NAMES = ("test", "validation", "valid", "val", "eval", "dev")
 
 
@@ -63,7 +63,14 @@ class ResolvedDataset:
                 f"{self.description} has no {role} split (looked for {list(tried)}); available splits: "
                 f"{sorted(self.splits)}. Name one with {how}."
             )
-        return self.splits[chosen]
+        split = self.splits[chosen]
+        if len(split) == 0:  # nothing to train on or to measure: every later step would fail or report nonsense
+            others = sorted(name for name, data in self.splits.items() if len(data) and name != chosen)
+            raise DataError(
+                f"the {role} split '{chosen}' of {self.description} holds no images. "
+                + (f"Name another with {how} (non-empty: {others})." if others else "No split of it holds any.")
+            )
+        return split
 
     def require_stats(self) -> NormalizationStats:
         """The normalisation statistics, or a :class:`DataError` saying how to provide them."""
@@ -149,7 +156,7 @@ def resolve_dataset(
     location = os.fspath(data_dir) if data_dir is not None else source
     loaded = load_image_dataset(
         location, None, name=name, image_column=image_column, label_column=label_column,
-        dataset_name=known.name if known is not None else None, **load_kwargs,
+        dataset_name=known.name if known is not None else None, label_names_split=train_split, **load_kwargs,
     )
     splits = dict(loaded) if isinstance(loaded, datasets.DatasetDict) else {"train": loaded}
     info = known or infer_dataset_info(location if not isinstance(location, (datasets.Dataset, datasets.DatasetDict))

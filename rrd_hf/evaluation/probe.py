@@ -83,6 +83,22 @@ def default_probe_lr(model: nn.Module) -> float:
     return PROBE_DEFAULTS["lr"]
 
 
+def _check_protocol(epochs, batch_size, eval_batch_size, lr, max_train_samples, max_eval_samples) -> None:
+    """Refuse settings that would run for hours and report nothing meaningful (no epoch, a NaN learning rate) or fail
+    only after the data is decoded (a zero batch)."""
+    import math
+
+    for name, value, minimum in (("epochs", epochs, 1), ("batch_size", batch_size, 1),
+                                 ("eval_batch_size", eval_batch_size, 1), ("max_train_samples", max_train_samples, 1),
+                                 ("max_eval_samples", max_eval_samples, 1)):
+        if value is None and name.startswith("max_"):
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"{name} must be a whole number >= {minimum}, got {value!r}.")
+    if lr is not None and not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be a finite number > 0 (None for the protocol's), got {lr!r}.")
+
+
 def _subset(dataset, n: int | None, seed: int):
     """A seeded random subset (splits are often sorted by class, so the first n rows would miss classes)."""
     if n is None or n >= len(dataset):
@@ -140,7 +156,9 @@ def linear_probe(
 
     from ..data import DeviceAugmentation, InMemoryImageDataset, resolve_dataset
     from ..classifiers.loading import load_image_classifier
+    from .checkpoint import describe_evaluated
 
+    _check_protocol(epochs, batch_size, eval_batch_size, lr, max_train_samples, max_eval_samples)
     started = time.time()
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     checkpoint = None
@@ -151,6 +169,7 @@ def linear_probe(
     source = os.fspath(data_dir) if data_dir is not None else dataset
     stats = resolved.require_stats()
     train_split, eval_split = resolved.train_split, resolved.eval_split
+    eval_split_size = len(resolved.eval)
     train_raw = _subset(resolved.train, max_train_samples, seed)
     eval_raw = _subset(resolved.eval, max_eval_samples, seed + 1)
     train = InMemoryImageDataset.from_dataset(train_raw, image_size, device=device, num_workers=num_workers, stats=stats)
@@ -202,6 +221,7 @@ def linear_probe(
         "eval_split": eval_split,
         "num_train": len(train),
         "num_eval": len(evaluation),
+        "evaluated_on": describe_evaluated(len(evaluation), eval_split_size, eval_split),
         "num_classes": num_classes,
         "feature_dim": head.linear.in_features,
         "epochs": epochs,

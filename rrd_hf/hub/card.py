@@ -4,7 +4,8 @@ The card says what is known and says "not recorded" for what is not. Hyper-param
 the hardware and the training time come, in this order, from the arguments, `_rrd_run.json` (written next to the
 weights by `HubMixin`), `results.json` (written by `rrd-hf train`), `training_args.json` (written by `HubMixin`) and
 the newest `trainer_state.json`: JSON only, never the pickled `training_args.bin`. It claims only what was measured:
-how many images of which split were evaluated (a subset is called one), and which LR decays training reached.
+how many images of which split were evaluated (a subset is called one), how many it was trained on (likewise), and
+which LR decays training reached.
 
 The teacher is recorded as the custom metadata key `teacher_model`, never as `base_model`: `base_model` would list
 the student in the teacher's model tree as a fine-tune of it, which a student trained from scratch is not.
@@ -110,6 +111,26 @@ def _evaluation(run: dict, dataset: dict | None, eval_split: str | None) -> dict
         split, assumed = (dataset or {}).get("split"), True
     size = split_size(dataset, split, run.get("eval_split_size"))
     return describe_evaluation(dataset, run.get("eval_num_samples"), split, size, assumed)
+
+
+def _training_data(run: dict, dataset: dict | None, saved_results: dict) -> str:
+    """How many images of which split the model was trained on, in words that call a subset one: a model trained on
+    256 images is not the dataset's model, whatever its accuracy. From the run record; for older folders, the
+    `max_train_samples` that `rrd-hf train` recorded in results.json (a bound: the split may hold fewer)."""
+    n, split = run.get("train_num_samples"), run.get("train_split")
+    of = f" of {dataset['name']}" if dataset else ""
+    if isinstance(n, int):
+        size = split_size(dataset, split, run.get("train_split_size"))
+        where = f" of the `{split}` split{of}" if split else f"{of}"
+        if isinstance(size, int) and n < size:
+            return f"{n:,} of the {size:,} images{where} (a subset of the split, not all of it)"
+        if isinstance(size, int) and n == size:
+            return f"all {n:,} images{where}"
+        return f"{n:,} images{where}"
+    limit = ((saved_results or {}).get("data_args") or {}).get("max_train_samples")
+    if isinstance(limit, int):
+        return f"at most {limit:,} images of the training split{of} (max_train_samples={limit}: a subset)"
+    return NOT_RECORDED
 
 
 def _figures_with_counts(folder: str, plots: dict | None) -> list[dict]:
@@ -273,6 +294,7 @@ def build_model_card(
         "teacher": teacher_meta,
         "dataset": dataset_meta,
         "evaluation": evaluation,
+        "training_data": _training_data(run, dataset_meta, saved_results),
         "hyperparameters": hyperparameter_rows(args, world_size, objective, progress),
         "args_recorded": bool(args),
         "lr_note": architecture in SMALL_LR_ARCHITECTURES,

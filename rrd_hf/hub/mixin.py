@@ -15,6 +15,7 @@ from ..runs.record import (
     loss_terms_record,
     runtime_from_logs,
     training_args_dict,
+    training_facts,
     write_training_args,
 )
 from ..runs.results import summarize_log_history
@@ -87,6 +88,7 @@ class HubMixin:
             "train_runtime": runtime_from_logs(history),
             "summary": summarize_log_history(history),
             **self._rrd_evaluation(),
+            **training_facts(self.train_dataset),
             **loss_terms_record(self.args),
             "training_args": training_args_dict(self.args),
         }

@@ -127,6 +127,11 @@ def _labels_from_class_names(class_names, num_labels) -> tuple[int, dict[int, st
     return _check_num_labels(len(names)), dict(enumerate(names))
 
 
+def config_class_of(name: str) -> type:
+    """The configuration class of a zoo name (its fields are what `student_init_kwargs` may set)."""
+    return _SPECS[resolve_model_name(name)][0]
+
+
 def get_config(
     name: str, num_labels: int | None = None, class_names: Sequence[str] | None = None, **config_overrides
 ) -> PreTrainedConfig:

@@ -125,6 +125,19 @@ def evaluation_facts(dataset) -> dict:
     return {"eval_num_samples": num_samples, "eval_split": split, "eval_split_size": size}
 
 
+def training_facts(dataset) -> dict:
+    """What the training set says about itself: its number of images, its split and that split's full size, so that
+    the card of a run trained on a `max_train_samples` subset says so (its accuracy is not the full data's)."""
+    from ..data.provenance import split_facts
+
+    try:
+        num_samples = len(dataset) if dataset is not None else None
+    except TypeError:  # an iterable dataset has no length
+        num_samples = None
+    split, size = split_facts(dataset)
+    return {"train_num_samples": num_samples, "train_split": split, "train_split_size": size}
+
+
 def loss_terms_record(training_args) -> dict:
     """`loss_terms` (list of dicts) and `ce_weight` of arguments that resolve the objective (`RRDConfig.loss_terms`);
     empty for arguments that do not."""

@@ -4,24 +4,37 @@ registered distillation methods (RRD by default)."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
+import re
+import shutil
+import tempfile
 from typing import Any, Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
-from transformers import PreTrainedModel, Trainer
+from transformers import PreTrainedModel, Trainer, TrainerState
+from transformers.trainer_utils import TrainOutput
 
 from .checkpoints import (
     DISTILL_STATE_NAME,
+    CheckpointError,
     check_output_dir,
+    check_resume_settings,
+    checkpoint_error,
     load_method_state,
     mark_complete,
+    output_dir_lock,
+    read_trainer_state,
     resolve_resume,
+    resolved_path,
     rotate_checkpoints,
+    run_record_values,
     save_method_state,
+    write_run_arguments,
 )
 from .config import RRDConfig
 from ..data import dataset_stats, set_epoch
@@ -71,6 +84,12 @@ class RRDTrainer(HubMixin, Trainer):
     """
 
     _tag_names = ["knowledge-distillation", "rrd", "image-classification"]
+    #: Set by the command line: `{"model_args": {...}, "data_args": {...}}`, recorded in every checkpoint so that a
+    #: resume can be compared with what the run was started with.
+    run_arguments: dict | None = None
+    #: Settings a resume changed with `allow_resume_changes`: `{field: (old, new)}`, for the results.
+    resume_changes: dict = {}
+    _saving_checkpoint = False
     # compute_loss returns a per-micro-batch mean: let Trainer divide by the accumulation steps, and never scale by
     # the number of processes (see "the loss-scaling trap").
     loss_is_scaled_for_ga = False
@@ -372,18 +391,30 @@ class RRDTrainer(HubMixin, Trainer):
     # ----------------------------------------------------------------------------------------------- training
 
     def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
-        with determinism_settings(self.args.full_determinism, restore=True):
-            return self._train(resume_from_checkpoint, trial, ignore_keys_for_eval, **kwargs)
+        """`Trainer.train`, holding `output_dir` for the run (one run at a time writes there) and refusing a resume
+        whose settings differ from the checkpoint's. `allow_resume_changes=["learning_rate", ...]` (or "all")
+        accepts those changes that do not define the run (see `checkpoints.check_resume_settings`)."""
+        allow = kwargs.pop("allow_resume_changes", None)
+        with output_dir_lock(self.args.output_dir, enabled=self.accelerator.is_main_process), \
+                determinism_settings(self.args.full_determinism, restore=True):
+            return self._train(resume_from_checkpoint, trial, ignore_keys_for_eval, allow=allow, **kwargs)
 
-    def _train(self, resume_from_checkpoint, trial, ignore_keys_for_eval, **kwargs):
+    def _train(self, resume_from_checkpoint, trial, ignore_keys_for_eval, allow=None, **kwargs):
         resume = resolve_resume(resume_from_checkpoint, self.args.output_dir)
         if resume is None:
             if self.is_world_process_zero():
-                check_output_dir(self.args.output_dir, self.args.overwrite_output_dir)
+                check_output_dir(self.args.output_dir, self.args.overwrite_output_dir,
+                                 resuming=resume_from_checkpoint not in (None, False, ""))
             self.accelerator.wait_for_everyone()
+        else:
+            self.resume_changes = check_resume_settings(resume, self.run_settings(), allow)
         if self.loss_terms and not len(self.methods):
             self._build_methods(self.train_dataset)
         self._check_batches()
+        if resume is not None:
+            step = read_trainer_state(resume)["global_step"]
+            if 0 < self.args.max_steps <= step:
+                return self._finished_at(resume, step)
         # Two-stage methods (AB, FT, FSP, ...) first train their init-stage parameters on their own loss. A resumed
         # run skips them: the checkpoint already holds their result.
         if resume is None and not self._init_stages_done:
@@ -396,6 +427,30 @@ class RRDTrainer(HubMixin, Trainer):
         if self.args.check_finite:
             self.guard.raise_if_tripped()
         return output
+
+    def _finished_at(self, checkpoint: str, step: int) -> TrainOutput:
+        """Resuming a checkpoint taken at max_steps (a kill during the final save, or 'latest' on a finished run):
+        Trainer would train one step past max_steps. Nothing is trained; the model and state are the checkpoint's."""
+        logger.warning("%s is at step %d and max_steps is %d: the run is finished, nothing to train (the model is "
+                       "the checkpoint's).", checkpoint, step, self.args.max_steps)
+        self._load_from_checkpoint(checkpoint)
+        if len(self.methods):
+            load_method_state(self.methods, checkpoint, self.args.device, self.args.describe_objective())
+        self.state = TrainerState.load_from_json(os.path.join(checkpoint, "trainer_state.json"))
+        return TrainOutput(self.state.global_step, None, {})
+
+    def run_settings(self) -> dict:
+        """What this run trains with, as a resume compares it with its checkpoint: the training arguments, the
+        teacher, and what the command line set in `run_arguments` (data, student)."""
+        from ..runs.record import training_args_dict
+
+        settings = training_args_dict(self.args)
+        teacher = self._rrd_teacher_name() if self.teacher is not None else None
+        if teacher:
+            settings["teacher_model_name_or_path"] = teacher
+        for group in ("model_args", "data_args"):
+            settings.update((getattr(self, "run_arguments", None) or {}).get(group) or {})
+        return settings
 
     def enter_stage(self, stage: Stage, parameters: list[nn.Parameter]) -> None:
         """Called by `stages.stage_training`: the next `train()` call runs `stage`."""
@@ -478,19 +533,74 @@ class RRDTrainer(HubMixin, Trainer):
             self.guard.check_weights(self._guarded_modules(), self.state.global_step)
         return super().save_model(output_dir, _internal_call)
 
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        """Write the model into a hidden folder beside its destination, then move each file into place.
+
+        A full disk or a kill mid-write then leaves no truncated `model.safetensors` that looks like a saved model
+        (nor half of a new one over an old one); the in-memory model is untouched, so the save can be retried."""
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if not self.args.should_save:
+            return super()._save(output_dir, state_dict)
+        os.makedirs(output_dir, exist_ok=True)
+        _remove_stale_staging(output_dir)
+        staging = tempfile.mkdtemp(prefix=f".saving-{os.getpid()}-", dir=output_dir)
+        try:
+            super()._save(staging, state_dict)
+            _move_into(staging, output_dir)
+        except Exception as error:
+            if self._saving_checkpoint or not _is_write_error(error):  # a checkpoint stays unmarked: 'latest' skips it
+                raise
+            raise _save_failed(error, output_dir, self.model) from error
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
     def _save_checkpoint(self, model, trial):
         limit = self.args.save_total_limit
         self.args.save_total_limit = None  # rotate only once the new checkpoint is complete
+        self._saving_checkpoint = True
         try:
             super()._save_checkpoint(model, trial)
         finally:
             self.args.save_total_limit = limit
+            self._saving_checkpoint = False
         self.accelerator.wait_for_everyone()  # every process has written its files (rng_state_<rank>.pth ...)
         run_dir = self._get_output_dir(trial=trial)
         if self.args.should_save:
-            mark_complete(os.path.join(run_dir, f"checkpoint-{self.state.global_step}"), self.state.global_step)
+            folder = os.path.join(run_dir, f"checkpoint-{self.state.global_step}")
+            write_run_arguments(folder, self._run_record())
+            mark_complete(folder, self.state.global_step)
             rotate_checkpoints(run_dir, limit, self.state.best_model_checkpoint)
         self.accelerator.wait_for_everyone()
+
+    def _run_record(self) -> dict:
+        """What a checkpoint records beyond the training arguments: the teacher (as the folder it names) and the
+        command line's data and student arguments."""
+        teacher = self._rrd_teacher_name() if self.teacher is not None else None
+        record = {"teacher": resolved_path(teacher) if teacher else None}
+        for group, values in (self.run_arguments or {}).items():
+            record[group] = run_record_values(values)
+        return record
+
+    # Loading a checkpoint: a file that fails to load is named, with the checkpoint to resume from instead.
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        try:
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+        except CheckpointError:
+            raise
+        except Exception as error:
+            if isinstance(error, ValueError) and "Can't find a valid checkpoint" in str(error):
+                raise
+            name = "model.safetensors" if os.path.isfile(os.path.join(resume_from_checkpoint, "model.safetensors")) \
+                else "pytorch_model.bin"
+            raise checkpoint_error(resume_from_checkpoint, name, error) from error
+
+    def _load_rng_state(self, checkpoint: str | None) -> None:
+        try:
+            super()._load_rng_state(checkpoint)
+        except Exception as error:
+            rank = f"_{self.args.process_index}" if self.args.world_size > 1 else ""
+            raise checkpoint_error(checkpoint, f"rng_state{rank}.pth", error) from error
 
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
         if self.args.check_finite:
@@ -500,6 +610,106 @@ class RRDTrainer(HubMixin, Trainer):
             save_method_state(self.methods, output_dir)
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
-        super()._load_optimizer_and_scheduler(checkpoint)
+        try:
+            super()._load_optimizer_and_scheduler(checkpoint)
+        except Exception as error:
+            if checkpoint is None or (isinstance(error, ValueError) and not _is_load_error(error)):
+                raise  # e.g. an optimizer of other parameters: Trainer's message says so
+            raise checkpoint_error(checkpoint, _failing_file(checkpoint, ("optimizer.pt", "scheduler.pt")),
+                                   error) from error
         if checkpoint is not None and len(self.methods):
             load_method_state(self.methods, checkpoint, self.args.device, self.args.describe_objective())
+
+
+def _is_load_error(error: BaseException) -> bool:
+    import pickle
+
+    return isinstance(error, (pickle.UnpicklingError, EOFError)) or "weights_only" in str(error)
+
+
+def _failing_file(checkpoint: str, names: tuple[str, ...]) -> str:
+    """Which of a checkpoint's torch files does not load as data (only run after a load failed)."""
+    for name in names:
+        path = os.path.join(checkpoint, name)
+        if not os.path.isfile(path):
+            continue
+        try:
+            torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:
+            return name
+    return names[0]
+
+
+def _remove_stale_staging(output_dir: str) -> None:
+    """Remove the staging folders of saves whose process is gone (killed mid-save): they hold no finished file."""
+    for name in os.listdir(output_dir):
+        match = re.match(r"^\.saving-(\d+)-", name)
+        if not match or int(match.group(1)) == os.getpid():
+            continue
+        try:
+            os.kill(int(match.group(1)), 0)
+            continue  # that process still runs
+        except ProcessLookupError:
+            shutil.rmtree(os.path.join(output_dir, name), ignore_errors=True)
+        except OSError:  # another user's process: not ours to judge
+            continue
+
+
+def _move_into(staging: str, output_dir: str) -> None:
+    """Move every file written into `staging` to the same place under `output_dir`, weights last, and make the
+    renames durable: until the weights are in place the folder holds no new model."""
+    files = []
+    for root, _, names in os.walk(staging):
+        for name in names:
+            files.append(os.path.relpath(os.path.join(root, name), staging))
+    files.sort(key=lambda name: (name.endswith((".safetensors", ".bin")) and not name.startswith("training_args"), name))
+    for relative in files:
+        source = os.path.join(staging, relative)
+        with open(source, "rb") as handle:
+            os.fsync(handle.fileno())
+        target = os.path.join(output_dir, relative)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        os.replace(source, target)
+    try:
+        handle = os.open(output_dir, os.O_RDONLY)
+        try:
+            os.fsync(handle)
+        finally:
+            os.close(handle)
+    except OSError:
+        pass
+
+
+def _write_errno(error: BaseException) -> int | None:
+    """The OS error number behind a failed write: OSError's own, or the one safetensors' Rust writer reports in
+    its message ("... Os { code: 28, kind: StorageFull ... }")."""
+    if isinstance(error, OSError) and error.errno:
+        return error.errno
+    found = re.search(r"code: (\d+)", str(error))
+    return int(found.group(1)) if found else None
+
+
+def _is_write_error(error: BaseException) -> bool:
+    from safetensors import SafetensorError
+
+    return isinstance(error, (OSError, SafetensorError)) or (
+        isinstance(error, RuntimeError) and ("write" in str(error) or _write_errno(error) is not None))
+
+
+def _save_failed(error: Exception, output_dir: str, model: nn.Module) -> OSError:
+    """The one-line error of a save that could not be written: what to free, and that the model is still in memory."""
+    size = sum(t.numel() * t.element_size() for t in model.state_dict().values()) / 2**20
+    try:
+        free = f", {shutil.disk_usage(output_dir).free / 2**20:.0f} MB free now"
+    except OSError:
+        free = ""
+    number = _write_errno(error)
+    reason = os.strerror(number) if number else (str(error).strip().splitlines() or [type(error).__name__])[0]
+    if number in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        advice = f"Free at least {max(size * 1.1, 1):.0f} MB on that disk{free}"
+    else:
+        advice = "Fix that"
+    failed = OSError(f"could not write the model into {output_dir} ({reason}): nothing was written there. {advice}, "
+                     "then call save_model() again: the trained model is still in memory.")
+    failed.errno, failed.reason, failed.advice = number, reason, advice  # for the command line's own message
+    return failed

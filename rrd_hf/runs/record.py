@@ -112,9 +112,10 @@ def read_training_args(folder: str) -> dict | None:
     return None
 
 
-def evaluation_facts(dataset) -> dict:
-    """What an evaluation set says about itself: its number of images, its split name and that split's size as
-    loaded (`datasets.Dataset` keeps both through `select`, so a `max_eval_samples` subset is seen as one)."""
+def _dataset_facts(dataset, prefix: str) -> dict:
+    """`<prefix>_num_samples`, `<prefix>_split` and `<prefix>_split_size` of a dataset: its number of images, the
+    split it was loaded as and that split's full size (`datasets.Dataset` keeps both through `select`, so a
+    subset is seen as one)."""
     from ..data.provenance import split_facts
 
     try:
@@ -122,20 +123,18 @@ def evaluation_facts(dataset) -> dict:
     except TypeError:  # an iterable dataset has no length
         num_samples = None
     split, size = split_facts(dataset)
-    return {"eval_num_samples": num_samples, "eval_split": split, "eval_split_size": size}
+    return {f"{prefix}_num_samples": num_samples, f"{prefix}_split": split, f"{prefix}_split_size": size}
+
+
+def evaluation_facts(dataset) -> dict:
+    """What an evaluation set says about itself (a `max_eval_samples` subset is seen as one)."""
+    return _dataset_facts(dataset, "eval")
 
 
 def training_facts(dataset) -> dict:
-    """What the training set says about itself: its number of images, its split and that split's full size, so that
-    the card of a run trained on a `max_train_samples` subset says so (its accuracy is not the full data's)."""
-    from ..data.provenance import split_facts
-
-    try:
-        num_samples = len(dataset) if dataset is not None else None
-    except TypeError:  # an iterable dataset has no length
-        num_samples = None
-    split, size = split_facts(dataset)
-    return {"train_num_samples": num_samples, "train_split": split, "train_split_size": size}
+    """What the training set says about itself, so that the card of a run trained on a `max_train_samples` subset
+    says so (its accuracy is not the full data's)."""
+    return _dataset_facts(dataset, "train")
 
 
 def loss_terms_record(training_args) -> dict:

@@ -25,6 +25,7 @@ import tempfile
 from collections.abc import Callable
 
 from .process import run_command
+from .train import BASIC_USER_ERRORS, user_errors
 
 __all__ = ["main", "entry", "COMMANDS", "DEBUG_ENV"]
 
@@ -34,21 +35,16 @@ DEBUG_ENV = "RRD_HF_DEBUG"
 #: push the Hub refused or could not receive (offline, no token, `rrd_hf.hub.HubPublishError`): the message says
 #: what to do and that nothing was changed. `USER_ERRORS` (below) includes it; importing `rrd_hf.hub` costs seconds
 #: (transformers), which `rrd-hf --help` should not pay, so it is looked up only where such an error can exist.
-_BASIC_USER_ERRORS = (ValueError, OSError, ImportError, FloatingPointError)
-
-
 def __getattr__(name: str):
     if name == "USER_ERRORS":
-        from ..hub.errors import HubPublishError
-
-        return (*_BASIC_USER_ERRORS, HubPublishError)
+        return user_errors()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _is_user_error(error: BaseException) -> bool:
     """Whether `error` is one of `USER_ERRORS`; a HubPublishError can only have been raised once its module was
     imported, so the module is not imported to find out."""
-    if isinstance(error, _BASIC_USER_ERRORS):
+    if isinstance(error, BASIC_USER_ERRORS):
         return True
     hub_errors = sys.modules.get("rrd_hf.hub.errors")
     return hub_errors is not None and isinstance(error, hub_errors.HubPublishError)

@@ -363,12 +363,15 @@ def main(argv: list[str] | None = None, *, teacher_only: bool = False) -> dict:
 DEBUG_ENV = "RRD_HF_DEBUG"
 
 
+#: The errors every rrd_hf command reports in one message without importing `rrd_hf.hub` (which is slow to import).
+BASIC_USER_ERRORS = (ValueError, OSError, ImportError, FloatingPointError)
+
+
 def user_errors() -> tuple[type[BaseException], ...]:
-    """The errors `rrd-hf` reports in one message: `cli.USER_ERRORS` (cli imports this module, so it is restated
-    here and kept equal by a test)."""
+    """The errors `rrd-hf` and `python -m rrd_hf.train` report in one message (`cli.USER_ERRORS` is this)."""
     from ..hub.errors import HubPublishError
 
-    return ValueError, OSError, ImportError, FloatingPointError, HubPublishError
+    return (*BASIC_USER_ERRORS, HubPublishError)
 
 
 def _main_reporting_user_errors() -> None:
